@@ -1,0 +1,3 @@
+from safetybed.cli import main
+
+main()

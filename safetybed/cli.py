@@ -1,0 +1,290 @@
+"""The ``safetybed`` command (also ``python -m safetybed``).
+
+Exit codes: 0 success, 2 bad input (spec, flag, file: one message, no traceback), 1 internal failure.
+Every command that produces results accepts ``--json`` and then prints exactly one JSON document
+on stdout, with progress bars and tables suppressed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from safetybed.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="safetybed: safety and robustness testbed for learned controllers.")
+scenarios_app = typer.Typer(no_args_is_help=True, help="List and validate scenario specs.")
+runs_app = typer.Typer(no_args_is_help=True, help="Inspect and export stored runs.")
+bench_app = typer.Typer(no_args_is_help=True, help="Throughput benchmarks (ratios against a baseline measured "
+                                                     "in the same run).")
+app.add_typer(scenarios_app, name="scenarios")
+app.add_typer(runs_app, name="runs")
+app.add_typer(bench_app, name="bench")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+StoreOption = Annotated[Path | None, typer.Option("--store", help="SQLite run store (default: runs/safetybed.sqlite).")]
+
+
+def _store_path(store: Path | None) -> Path:
+    from safetybed.runner import DEFAULT_STORE
+
+    return store if store is not None else DEFAULT_STORE
+
+
+@contextmanager
+def progress_bar(description: str, *, enabled: bool):
+    """Yield a ``(done, total)`` callback drawing a rich progress bar on a terminal; a no-op otherwise."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, transient=False) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    if value != value:  # NaN
+        return "-"
+    if value in (float("inf"), float("-inf")):
+        return "inf"
+    return f"{value:.{digits}g}"
+
+
+def print_summary(summary, *, store: Path) -> None:
+    table = Table(title=f"run {summary.run_id}", show_header=False)
+    table.add_row("scenario", summary.scenario)
+    table.add_row("controller", summary.controller)
+    table.add_row("episodes", f"{summary.episodes} / {summary.planned_episodes} ({summary.status})")
+    level = f"{summary.confidence:.0%} CI"
+    table.add_row("mean return", f"{_fmt(summary.mean_return, 4)}  [{_fmt(summary.return_ci.low, 4)}, "
+                                 f"{_fmt(summary.return_ci.high, 4)}] {level}")
+    table.add_row("collision rate", f"{_fmt(summary.collision_rate)}  [{_fmt(summary.collision_ci.low)}, "
+                                    f"{_fmt(summary.collision_ci.high)}] {level} (Clopper-Pearson)")
+    table.add_row("success rate", f"{_fmt(summary.success_rate)}  [{_fmt(summary.success_ci.low)}, "
+                                  f"{_fmt(summary.success_ci.high)}] {level} (Clopper-Pearson)")
+    table.add_row("min time-to-collision", f"{_fmt(summary.min_ttc_s)} s")
+    table.add_row("min gap", f"{_fmt(summary.min_gap_m)} m")
+    table.add_row("mean progress", f"{_fmt(summary.mean_progress_m)} m")
+    table.add_row("constraint violations", str(summary.total_violations))
+    table.add_row("store", str(store))
+    out.print(table)
+
+
+# -- scenarios ----------------------------------------------------------------------------------------------
+@scenarios_app.command("list")
+def scenarios_list(as_json: JsonFlag = False) -> None:
+    """List the scenario catalogue (scenarios/**.toml)."""
+    from safetybed.catalogue import list_scenarios
+    from safetybed.spec import load_scenario
+
+    rows = []
+    for name, path in list_scenarios().items():
+        try:
+            spec = load_scenario(path)
+            rows.append({"name": name, "path": str(path), "simulator": spec.simulator, "task": spec.task,
+                         "episode_steps": spec.episode_steps, "description": spec.description, "valid": True})
+        except InputError as error:
+            rows.append({"name": name, "path": str(path), "valid": False, "error": str(error)})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="scenarios")
+    for column in ("name", "simulator", "task", "steps", "description"):
+        table.add_column(column)
+    for row in rows:
+        if row["valid"]:
+            table.add_row(row["name"], row["simulator"], row["task"], str(row["episode_steps"]), row["description"])
+        else:
+            table.add_row(row["name"], "[red]invalid[/red]", "", "", row["error"])
+    out.print(table)
+
+
+@scenarios_app.command("validate")
+def scenarios_validate(paths: Annotated[list[Path], typer.Argument(help="Scenario TOML files.")],
+                       as_json: JsonFlag = False) -> None:
+    """Validate scenario specs; exit 2 on the first invalid one, naming file, field and reason."""
+    from safetybed.spec import load_scenario
+
+    checked = []
+    for path in paths:
+        spec = load_scenario(path)
+        checked.append({"path": str(path), "name": spec.name, "simulator": spec.simulator, "task": spec.task})
+    if as_json:
+        print(json.dumps({"valid": checked}, indent=2))
+    else:
+        for item in checked:
+            out.print(f"[green]ok[/green] {item['path']} ({item['simulator']}/{item['task']})")
+
+
+# -- run ------------------------------------------------------------------------------------------------------
+@app.command("run")
+def run(
+    scenario: Annotated[str, typer.Argument(help="Scenario TOML path or catalogue name (e.g. highway/cut_in).")],
+    controller: Annotated[str, typer.Option("--controller", help="builtin:NAME, controller spec, bundle or sb3:ZIP.")],
+    episodes: Annotated[int, typer.Option("--episodes", min=1, help="Number of episodes.")] = 100,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Parallel workers.")] = 1,
+    executor: Annotated[str, typer.Option("--executor", help="local (process pool) or ray.")] = "local",
+    store: StoreOption = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Run seed; episode i uses SeedSequence(seed).spawn()[i].")] = 0,
+    resume: Annotated[str | None, typer.Option("--resume", help="Finish the missing episodes of this run id.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run seeded episodes of SCENARIO against a controller and store every result."""
+    from safetybed.catalogue import load_scenario_arg
+    from safetybed.runner import RunStore, resume_run, run_summary, start_run
+
+    spec, path = load_scenario_arg(scenario)
+    store_path = _store_path(store)
+    with RunStore(store_path) as run_store, progress_bar(spec.name, enabled=not as_json) as progress:
+        if resume:
+            run_id = resume_run(resume, store=run_store, workers=workers, executor=executor, scenario=spec,
+                                controller=controller, episodes=episodes, seed=seed, progress=progress)
+        else:
+            run_id = start_run(spec, scenario_path=path, controller=controller, episodes=episodes, seed=seed,
+                               workers=workers, executor=executor, store=run_store, progress=progress,
+                               on_created=None if as_json else
+                               (lambda rid: err.print(f"run id {rid} (resume with --resume {rid})")))
+        summary = run_summary(run_store, run_id)
+    if as_json:
+        print(json.dumps({"store": str(store_path), **summary.to_json_dict()}, indent=2))
+    else:
+        print_summary(summary, store=store_path)
+
+
+# -- runs -----------------------------------------------------------------------------------------------------
+@runs_app.command("list")
+def runs_list(store: StoreOption = None, as_json: JsonFlag = False) -> None:
+    """List the runs in the store."""
+    from safetybed.runner import RunStore
+
+    with RunStore(_store_path(store), create=False) as run_store:
+        rows = [{"run_id": info.run_id, "created_utc": info.created_utc, "scenario": info.scenario_name,
+                 "controller": info.controller, "seed": info.seed, "episodes_done": done,
+                 "episodes": info.episodes, "status": info.status} for info, done in run_store.list_runs()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"runs in {_store_path(store)}")
+    for column in ("run id", "created (UTC)", "scenario", "controller", "seed", "episodes", "status"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["run_id"], row["created_utc"], row["scenario"], row["controller"], str(row["seed"]),
+                      f"{row['episodes_done']}/{row['episodes']}", row["status"])
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, store: StoreOption = None, as_json: JsonFlag = False) -> None:
+    """Summary statistics of one run."""
+    from safetybed.runner import RunStore, run_summary
+
+    with RunStore(_store_path(store), create=False) as run_store:
+        summary = run_summary(run_store, run_id)
+    if as_json:
+        print(json.dumps(summary.to_json_dict(), indent=2))
+    else:
+        print_summary(summary, store=_store_path(store))
+
+
+@runs_app.command("export")
+def runs_export(run_id: str,
+                fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")],
+                out_file: Annotated[Path, typer.Option("--out", help="Output file.")],
+                store: StoreOption = None, as_json: JsonFlag = False) -> None:
+    """Export one row per episode to Parquet or CSV."""
+    from safetybed.runner import RunStore
+    from safetybed.runner.export import export_records
+
+    with RunStore(_store_path(store), create=False) as run_store:
+        run_store.get_run(run_id)
+        records = run_store.episodes(run_id)
+    written = export_records(records, run_id=run_id, fmt=fmt, out=out_file)
+    if as_json:
+        print(json.dumps({"run_id": run_id, "format": fmt, "rows": len(records), "out": str(written)}))
+    else:
+        out.print(f"wrote {len(records)} episodes of {run_id} to {written}")
+
+
+# -- bench ----------------------------------------------------------------------------------------------------
+@bench_app.command("sim")
+def bench_sim(
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Control steps per scenario family.")] = 60,
+    families: Annotated[list[str] | None, typer.Option("--family", help="Catalogue names (repeatable).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Env steps/s per scenario family, with the stock environment measured in the same run as baseline."""
+    from safetybed.sims.bench import bench_families
+
+    rows = bench_families(families=families, steps=steps)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"safetybed bench sim ({steps} control steps each, 1 process, random actions)")
+    for column in ("scenario", "steps/s", "sim frames/s", "baseline (stock env)", "baseline steps/s", "ratio"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["scenario"], f"{row['steps_per_s']:.1f}", f"{row['frames_per_s']:.0f}",
+                      row["baseline"], f"{row['baseline_steps_per_s']:.1f}", f"{row['ratio']:.2f}x")
+    out.print(table)
+
+
+# -- quickstart -------------------------------------------------------------------------------------------------
+@app.command("quickstart")
+def quickstart(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the store and summary.")] = Path("quickstart-out"),
+    episodes: Annotated[int, typer.Option("--episodes", min=1, help="Episodes per scenario.")] = 20,
+    workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
+    as_json: JsonFlag = False,
+) -> None:
+    """The main job end to end on the embedded defaults: driving and robot batch runs with a summary."""
+    from safetybed.quickstart import run_quickstart
+
+    def report(summary, store: Path) -> None:
+        if not as_json:
+            print_summary(summary, store=store)
+
+    result = run_quickstart(out_dir=out_dir, episodes=episodes, workers=workers, on_summary=report,
+                            progress_factory=lambda name: progress_bar(name, enabled=not as_json))
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        out.print(f"\n[bold green]quickstart done[/bold green] in {result['wall_time_s']:.0f} s. Results: store "
+                  f"{result['store']}, summary {result['summary_file']}")
+        out.print(f"Inspect with: safetybed runs list --store {result['store']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: maps bad input to exit code 2 with one message."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    try:
+        app(args=argv, prog_name="safetybed")
+    except InputError as error:
+        err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+

@@ -1,0 +1,179 @@
+"""Batch runs: create or resume a run, execute its missing episodes, store each as it finishes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from safetybed.errors import InputError
+from safetybed.runner.episode import EpisodeRecord, EpisodeTask
+from safetybed.runner.executors import check_executor, execute
+from safetybed.runner.seeding import MAX_RUN_SEED
+from safetybed.runner.store import RunStore
+from safetybed.spec import ScenarioSpec
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def scenario_digest(scenario: ScenarioSpec) -> str:
+    return hashlib.sha256(scenario.model_dump_json().encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Headline statistics of a run, with their confidence intervals (``confidence`` two-sided)."""
+
+    run_id: str
+    scenario: str
+    controller: str
+    episodes: int
+    planned_episodes: int
+    mean_return: float
+    return_ci: Interval
+    collision_rate: float
+    collision_ci: Interval
+    success_rate: float
+    success_ci: Interval
+    min_ttc_s: float
+    min_gap_m: float
+    mean_progress_m: float
+    total_violations: int
+    confidence: float
+    status: str
+
+    def to_json_dict(self) -> dict:
+        def clean(value):
+            if isinstance(value, Interval):
+                return [clean(value.low), clean(value.high)]
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            return value
+
+        return {key: clean(value) for key, value in self.__dict__.items()}
+
+
+def summarize(run_id: str, records: list[EpisodeRecord], *, scenario: str, controller: str, planned: int,
+              status: str, confidence: float = 0.95) -> RunSummary:
+    """Mean return with a Student-t interval; collision and success rates with Clopper-Pearson intervals."""
+    n = len(records)
+    if n == 0:
+        nan = Interval(math.nan, math.nan)
+        return RunSummary(run_id, scenario, controller, 0, planned, math.nan, nan, math.nan, nan, math.nan, nan,
+                          math.inf, math.inf, math.nan, 0, confidence, status)
+    returns = np.array([r.episode_return for r in records])
+    mean = float(returns.mean())
+    if n > 1 and returns.std(ddof=1) > 0:
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * returns.std(ddof=1) / math.sqrt(n))
+    else:
+        half = 0.0 if n > 1 else math.inf
+    collisions = sum(r.collision for r in records)
+    successes = sum(r.success for r in records)
+    collision_ci = stats.binomtest(collisions, n).proportion_ci(confidence_level=confidence, method="exact")
+    success_ci = stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="exact")
+    return RunSummary(
+        run_id=run_id, scenario=scenario, controller=controller, episodes=n, planned_episodes=planned,
+        mean_return=mean, return_ci=Interval(mean - half, mean + half),
+        collision_rate=collisions / n, collision_ci=Interval(collision_ci.low, collision_ci.high),
+        success_rate=successes / n, success_ci=Interval(success_ci.low, success_ci.high),
+        min_ttc_s=min(r.min_ttc_s for r in records), min_gap_m=min(r.min_gap_m for r in records),
+        mean_progress_m=float(np.mean([r.progress_m for r in records])),
+        total_violations=int(sum(r.violations for r in records)), confidence=confidence, status=status)
+
+
+def _execute_missing(store: RunStore, run_id: str, *, scenario_json: str, controller: str, seed: int,
+                     episodes: int, executor: str, workers: int, progress: ProgressCallback | None) -> None:
+    done = store.done_indices(run_id)
+    tasks = [EpisodeTask(scenario_json=scenario_json, controller=controller, run_seed=seed, index=i)
+             for i in range(episodes) if i not in done]
+    finished = len(done)
+    if progress:
+        progress(finished, episodes)
+    for record in execute(tasks, executor=executor, workers=workers):
+        store.add_episode(run_id, record)
+        finished += 1
+        if progress:
+            progress(finished, episodes)
+    store.mark_status(run_id, "complete")
+
+
+def check_controller_usable(scenario: ScenarioSpec, controller: str) -> None:
+    """Build the controller once in this process, so a bad reference fails fast with exit code 2."""
+    from safetybed.control import load_controller
+    from safetybed.sims import make_env
+
+    env = make_env(scenario)
+    try:
+        load_controller(controller, scenario=scenario, observation_space=env.observation_space,
+                        action_space=env.action_space)
+    finally:
+        env.close()
+
+
+def start_run(scenario: ScenarioSpec, *, scenario_path: str | Path, controller: str, episodes: int, seed: int,
+              workers: int, executor: str, store: RunStore,
+              progress: ProgressCallback | None = None, on_created: Callable[[str], None] | None = None) -> str:
+    """Create a run in ``store`` and execute all its episodes; returns the run id."""
+    if episodes < 1:
+        raise InputError(f"--episodes: expected >= 1, got {episodes}")
+    if not 0 <= seed <= MAX_RUN_SEED:
+        raise InputError(f"--seed: expected an integer in [0, 2**63), got {seed}")
+    check_executor(executor, workers=workers)
+    check_controller_usable(scenario, controller)
+    scenario_json = scenario.model_dump_json()
+    run_id = store.create_run(scenario_name=scenario.name, scenario_path=str(scenario_path),
+                              scenario_json=scenario_json, controller=controller, seed=seed, episodes=episodes,
+                              executor=executor, workers=workers)
+    if on_created:
+        on_created(run_id)
+    _execute_missing(store, run_id, scenario_json=scenario_json, controller=controller, seed=seed,
+                     episodes=episodes, executor=executor, workers=workers, progress=progress)
+    return run_id
+
+
+def resume_run(run_id: str, *, store: RunStore, workers: int, executor: str,
+               scenario: ScenarioSpec | None = None, controller: str | None = None, episodes: int | None = None,
+               seed: int | None = None, progress: ProgressCallback | None = None) -> str:
+    """Run the missing episodes of ``run_id`` with the scenario, controller and seed it was created with.
+
+    The optional arguments are checked against the stored run: a mismatch is an input error rather than
+    a silent mix of two different experiments in one run.
+    """
+    check_executor(executor, workers=workers)
+    info = store.get_run(run_id)
+    stored = ScenarioSpec.model_validate_json(info.scenario_json)
+    if scenario is not None and scenario_digest(scenario) != scenario_digest(stored):
+        raise InputError(f"--resume {run_id}: the scenario differs from the one the run was started with "
+                         f"({info.scenario_path}, {info.scenario_name!r}); resume with the same spec")
+    if controller is not None and controller != info.controller:
+        raise InputError(f"--resume {run_id}: --controller {controller!r} differs from the run's "
+                         f"controller {info.controller!r}")
+    if episodes is not None and episodes != info.episodes:
+        raise InputError(f"--resume {run_id}: --episodes {episodes} differs from the run's {info.episodes}")
+    if seed is not None and seed != info.seed:
+        raise InputError(f"--resume {run_id}: --seed {seed} differs from the run's seed {info.seed}")
+    _execute_missing(store, run_id, scenario_json=info.scenario_json, controller=info.controller, seed=info.seed,
+                     episodes=info.episodes, executor=executor, workers=workers, progress=progress)
+    return run_id
+
+
+def run_summary(store: RunStore, run_id: str, *, confidence: float = 0.95) -> RunSummary:
+    info = store.get_run(run_id)
+    return summarize(run_id, store.episodes(run_id), scenario=info.scenario_name, controller=info.controller,
+                     planned=info.episodes, status=info.status, confidence=confidence)
+
+
+def summary_json(summary: RunSummary) -> str:
+    return json.dumps(summary.to_json_dict(), indent=2)
