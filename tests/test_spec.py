@@ -116,3 +116,21 @@ def test_every_catalogue_scenario_is_valid(cli):
     assert paths, "the scenario catalogue is empty"
     code, _, stderr = cli("scenarios", "validate", *paths)
     assert code == 0, stderr
+
+
+def test_scenarios_readme_documents_every_field():
+    """docs stay true: each field of each section model is named in scenarios/README.md."""
+    from safetybed.spec.bullet import BulletSpec
+    from safetybed.spec.classic import ClassicSpec
+    from safetybed.spec.highway import CutInSpec, EgoSpec, HighwaySpec, NaturalisticDriverSpec, OvertakingSpec
+    from safetybed.spec.scenario import MetricsSpec, PerturbationSpec, ScenarioSpec
+
+    from .conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "scenarios" / "README.md").read_text(encoding="utf-8")
+    models = (ScenarioSpec, PerturbationSpec, MetricsSpec, HighwaySpec, NaturalisticDriverSpec, EgoSpec, CutInSpec,
+              OvertakingSpec, BulletSpec, ClassicSpec)
+    missing = [f"{model.__name__}.{name}" for model in models for name in model.model_fields
+               if f"`{name}`" not in readme and f".{name}`" not in readme and f"`{name}," not in readme
+               and f", `{name}`" not in readme and f"[{name}]" not in readme and f".{name}]" not in readme]
+    assert not missing, f"undocumented spec fields: {missing}"

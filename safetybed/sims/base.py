@@ -46,6 +46,15 @@ class StepSafety(TypedDict):
     violations: int
 
 
+def _flush_c_stdio() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # pragma: no cover - no C runtime reachable (non-POSIX)
+        pass
+
+
 @contextmanager
 def quiet_stdout() -> Iterator[None]:
     """Silence C-level writes to stdout (pybullet prints its connection arguments there).
@@ -64,6 +73,7 @@ def quiet_stdout() -> Iterator[None]:
         yield
     finally:
         sys.stdout.flush()
+        _flush_c_stdio()  # C-buffered text (pipes are block-buffered) must land in /dev/null, not later on stdout
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
