@@ -230,6 +230,65 @@ def runs_export(run_id: str,
         out.print(f"wrote {len(records)} episodes of {run_id} to {written}")
 
 
+# -- train ------------------------------------------------------------------------------------------------------
+@app.command("train")
+def train(
+    controller_spec: Annotated[Path, typer.Argument(help="Controller spec (controllers/*.toml).")],
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (default: the spec's).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Environment steps (default: the spec's).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Checkpoint folder (default: the spec's).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Training seed (default: the spec's).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train the controller a spec describes; writes safetensors weights + manifest + training log."""
+    from safetybed.control.train import train_from_spec
+
+    with progress_bar(f"train {controller_spec.name}", enabled=not as_json) as progress:
+        summary = train_from_spec(controller_spec, steps=steps, device=device, out=out_dir, seed=seed,
+                                  progress=progress)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"trained {summary['controller']} ({summary['algorithm']})", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out.print(table)
+
+
+# -- deploy ---------------------------------------------------------------------------------------------------
+@app.command("deploy")
+def deploy_command(
+    controller: Annotated[str, typer.Argument(help="Controller spec (controllers/*.toml) or checkpoint folder.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Bundle folder to write (absent or empty).")],
+    scenario: Annotated[str | None, typer.Option("--scenario", help="Scenario the bundle runs in (default: the "
+                                                                    "controller spec's).")] = None,
+    control_rate_hz: Annotated[float | None, typer.Option("--control-rate-hz", help="Control rate [Hz] when there "
+                                                                                    "is no scenario.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the bundle files in a non-empty --out.")
+                         ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write a self-contained deployment bundle: TorchScript policy + bundle.json with every file's sha256."""
+    from safetybed.control.bundle import deploy
+    from safetybed.control.runtime import read_bundle_manifest
+
+    bundle_dir = deploy(controller, out_dir, scenario=scenario, control_rate_hz=control_rate_hz,
+                        overwrite=overwrite)
+    manifest = read_bundle_manifest(bundle_dir)
+    if as_json:
+        print(json.dumps({"bundle": str(bundle_dir), **manifest}, indent=2))
+        return
+    table = Table(title=f"bundle {bundle_dir}", show_header=False)
+    for key in ("controller", "scenario", "control_rate_hz", "source_weights_sha256", "smoothing_sigma",
+                "certificate_id"):
+        table.add_row(key, str(manifest[key]))
+    for name, digest in manifest["files"].items():
+        table.add_row(name, f"sha256 {digest}")
+    out.print(table)
+    out.print(f"load it with safetybed.control.runtime.load_bundle({str(bundle_dir)!r}) or "
+              f"safetybed run SCENARIO --controller {bundle_dir}")
+
+
 # -- bench ----------------------------------------------------------------------------------------------------
 @bench_app.command("sim")
 def bench_sim(

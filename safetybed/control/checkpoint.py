@@ -1,0 +1,151 @@
+"""Checkpoints: policy weights in ``safetensors`` plus a JSON manifest. Loading never unpickles.
+
+A checkpoint is a folder::
+
+    manifest.json         format, algorithm, policy architecture, spaces, normalisation, config,
+                          package/torch versions, sha256 of the weights file
+    weights.safetensors   tensors "policy.*" and "obs_norm.*" (observation normalisation statistics)
+
+:func:`load_checkpoint` verifies the sha256 before reading any tensor, and rebuilds the network from
+the manifest's :class:`~safetybed.control.networks.PolicyArch` (no code comes from the file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from safetybed import __version__
+from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch
+from safetybed.errors import InputError
+
+FORMAT = "safetybed-checkpoint/1"
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _bound(values: np.ndarray) -> list[float | str]:
+    return [float(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf") for v in np.ravel(values)]
+
+
+def space_to_json(space: gym.Space) -> dict[str, Any]:
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "box", "shape": list(space.shape), "low": _bound(space.low), "high": _bound(space.high)}
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "discrete", "n": int(space.n), "start": int(space.start)}
+    raise TypeError(f"expected a Box or Discrete space, got {space}")
+
+
+def space_from_json(data: dict[str, Any]) -> gym.Space:
+    if data["type"] == "box":
+        shape = tuple(data["shape"])
+        low = np.array([float(v) for v in data["low"]], dtype=np.float32).reshape(shape)
+        high = np.array([float(v) for v in data["high"]], dtype=np.float32).reshape(shape)
+        return gym.spaces.Box(low, high, shape=shape, dtype=np.float32)
+    if data["type"] == "discrete":
+        return gym.spaces.Discrete(int(data["n"]), start=int(data.get("start", 0)))
+    raise ValueError(f"space type: expected box|discrete, got {data['type']!r}")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the policy, its observation normaliser and the manifest."""
+
+    policy: Policy
+    obs_norm: ObsNormalizer
+    manifest: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def observation_space(self) -> gym.Space:
+        return space_from_json(self.manifest["observation_space"])
+
+    @property
+    def action_space(self) -> gym.Space:
+        return space_from_json(self.manifest["action_space"])
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.manifest["weights_sha256"]
+
+
+def save_checkpoint(out_dir: str | Path, *, policy: Policy, obs_norm: ObsNormalizer, algorithm: str,
+                    observation_space: gym.Space, action_space: gym.Space, config: dict[str, Any],
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write ``out_dir/weights.safetensors`` and ``out_dir/manifest.json``; returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"policy.{name}": tensor.detach().cpu().contiguous() for name, tensor in policy.state_dict().items()}
+    tensors.update({f"obs_norm.{name}": tensor.detach().cpu().contiguous()
+                    for name, tensor in obs_norm.state_dict().items()})
+    weights_path = out_dir / WEIGHTS
+    save_file(tensors, str(weights_path))
+    manifest = {
+        "format": FORMAT,
+        "algorithm": algorithm,
+        "policy": policy.arch.to_json(),
+        "normalizer": {"enabled": obs_norm.enabled, "clip": obs_norm.clip},
+        "observation_space": space_to_json(observation_space),
+        "action_space": space_to_json(action_space),
+        "config": config,
+        "package_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "weights_file": WEIGHTS,
+        "weights_sha256": sha256_file(weights_path),
+        **(extra or {}),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    return out_dir
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load and verify a checkpoint folder; :class:`InputError` (exit 2) names what is wrong."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise InputError(f"{path}: not a checkpoint folder ({MANIFEST} is missing)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{manifest_path}: invalid JSON ({error})") from None
+    if manifest.get("format") != FORMAT:
+        raise InputError(f"{manifest_path}: format: expected {FORMAT!r}, got {manifest.get('format')!r}")
+    weights_path = path / manifest.get("weights_file", WEIGHTS)
+    if not weights_path.is_file():
+        raise InputError(f"{weights_path}: weights file is missing")
+    actual = sha256_file(weights_path)
+    if actual != manifest.get("weights_sha256"):
+        raise InputError(f"{weights_path}: sha256 {actual[:12]}... does not match the manifest's "
+                         f"{str(manifest.get('weights_sha256'))[:12]}...; the weights were modified or corrupted")
+    try:
+        arch = PolicyArch.from_json(manifest["policy"])
+        policy = Policy(arch)
+        obs_norm = ObsNormalizer(arch.obs_dim, clip=float(manifest["normalizer"]["clip"]),
+                                 enabled=bool(manifest["normalizer"]["enabled"]))
+        tensors = load_file(str(weights_path))
+        policy.load_state_dict({k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")})
+        obs_norm.load_state_dict({k.removeprefix("obs_norm."): v for k, v in tensors.items()
+                                  if k.startswith("obs_norm.")})
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise InputError(f"{path}: checkpoint does not match its manifest ({error})") from None
+    policy.eval()
+    return Checkpoint(policy=policy, obs_norm=obs_norm, manifest=manifest, path=path)

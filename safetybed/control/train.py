@@ -1,0 +1,56 @@
+"""``safetybed train CONTROLLER_SPEC``: train the controller a spec describes and write its checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from safetybed.catalogue import load_scenario_arg
+from safetybed.control.algorithms import algorithm_module
+from safetybed.control.checkpoint import save_checkpoint
+from safetybed.control.training import CSVLogger, TrainSetup, resolve_device
+from safetybed.errors import InputError
+from safetybed.spec.controller import check_hyper, load_controller_spec
+
+
+def train_from_spec(spec_path: str | Path, *, steps: int | None = None, device: str | None = None,
+                    out: str | Path | None = None, seed: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Train, save the checkpoint (default: the spec's ``checkpoint`` folder) and return a summary."""
+    loaded = load_controller_spec(spec_path)
+    spec = loaded.spec
+    config = check_hyper(spec, source=loaded.path)
+    scenario, _ = load_scenario_arg(loaded.scenario_ref())
+    if spec.train.observation_noise_std > 0:
+        scenario = scenario.model_copy(update={"perturbations": scenario.perturbations.model_copy(
+            update={"observation_noise_std": spec.train.observation_noise_std})})
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps: expected >= 1, got {steps}")
+    out_dir = Path(out) if out is not None else loaded.checkpoint_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total_steps = steps or spec.train.steps
+    setup = TrainSetup(scenario=scenario, network=spec.network, steps=total_steps, envs=spec.train.envs,
+                       seed=spec.train.seed if seed is None else seed,
+                       device=resolve_device(device or spec.train.device),
+                       eval_every_steps=min(spec.train.eval_every_steps, total_steps),
+                       eval_episodes=spec.train.eval_episodes, vector=spec.train.vector,
+                       logger=CSVLogger(out_dir / "training_log.csv"), progress=progress)
+    result = algorithm_module(spec.algorithm).train(setup, config)
+    final = setup.evaluations[-1] if setup.evaluations else setup.evaluate(result.policy, result.obs_norm)
+    save_checkpoint(out_dir, policy=result.policy.cpu(), obs_norm=result.obs_norm.cpu(), algorithm=spec.algorithm,
+                    observation_space=setup.observation_space, action_space=setup.action_space,
+                    config=dataclasses.asdict(config),
+                    extra={"controller_spec": spec.name, "scenario": scenario.name,
+                           "train": {**spec.train.model_dump(), "steps": total_steps, "seed": setup.seed,
+                                     "device": str(setup.device)},
+                           "network": spec.network.model_dump(),
+                           "final_eval_return_mean": final["eval_return_mean"]})
+    summary = {"controller": spec.name, "algorithm": spec.algorithm, "checkpoint": str(out_dir),
+               "env_steps": result.env_steps, "updates": result.updates, "wall_time_s": result.wall_time_s,
+               "device": str(setup.device), "final_eval_return_mean": final["eval_return_mean"],
+               "final_eval_return_std": final["eval_return_std"]}
+    (out_dir / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary

@@ -1,0 +1,114 @@
+"""Controller specs (``controllers/*.toml``): algorithm, network, hyper-parameters, scenario, budget.
+
+Example (``controllers/cartpole_ppo.toml``)::
+
+    name = "cartpole_ppo"
+    algorithm = "ppo"
+    scenario = "classic/cartpole_noisy"      # catalogue name, or a path relative to this file
+    checkpoint = "weights/cartpole_ppo"      # folder the trained weights live in (relative to this file)
+
+    [network]
+    hidden = [64, 64]
+    activation = "tanh"
+
+    [train]
+    steps = 100000
+    envs = 8
+    seed = 0
+
+    [hyper]                                  # fields of the algorithm's Config dataclass
+    learning_rate = 3e-4
+
+Unknown keys anywhere (including ``[hyper]``, checked against the algorithm's config) are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from safetybed.errors import SpecError
+from safetybed.spec.base import StrictModel
+from safetybed.spec.scenario import format_validation_error
+
+Algorithm = Literal["dsac_t", "sac", "ppo", "mdpo_on", "mdpo_off"]
+
+
+class NetworkSpec(StrictModel):
+    hidden: list[int] = Field([256, 256], min_length=1, max_length=8)
+    activation: Literal["relu", "tanh", "gelu", "elu"] = "relu"
+    normalize_observations: bool = False
+
+
+class TrainSpec(StrictModel):
+    steps: int = Field(100_000, ge=1, le=10**9)
+    envs: int = Field(1, ge=1, le=1024)
+    seed: int = Field(0, ge=0, lt=2**63)
+    eval_every_steps: int = Field(10_000, ge=1)
+    eval_episodes: int = Field(10, ge=1, le=10_000)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    vector: Literal["sync", "async"] = "sync"
+    observation_noise_std: float = Field(0.0, ge=0, le=100)
+
+
+class ControllerSpec(StrictModel):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    algorithm: Algorithm
+    scenario: str = Field(min_length=1)
+    checkpoint: str = Field(min_length=1)
+    deterministic: bool = True
+    network: NetworkSpec = NetworkSpec()
+    train: TrainSpec = TrainSpec()
+    hyper: dict[str, Any] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedControllerSpec:
+    spec: ControllerSpec
+    path: Path
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return (self.path.parent / self.spec.checkpoint).resolve()
+
+    def scenario_ref(self) -> str:
+        """The scenario as a path when it is one relative to the spec, else the catalogue name."""
+        candidate = self.path.parent / self.spec.scenario
+        return str(candidate) if candidate.suffix == ".toml" else self.spec.scenario
+
+
+def load_controller_spec(path: str | Path) -> LoadedControllerSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(path, "", "file not found" if not path.exists() else "expected a TOML file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(path, "", f"invalid TOML: {error}") from None
+    try:
+        spec = ControllerSpec.model_validate(data)
+    except ValidationError as error:
+        raise format_validation_error(path, error) from None
+    check_hyper(spec, source=path)
+    return LoadedControllerSpec(spec=spec, path=path)
+
+
+def check_hyper(spec: ControllerSpec, *, source: Path | str) -> Any:
+    """Build the algorithm's frozen Config from ``[hyper]``; unknown keys and bad values are SpecErrors."""
+    from safetybed.control.algorithms import algorithm_config_class
+
+    config_cls = algorithm_config_class(spec.algorithm)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    for key in spec.hyper:
+        if key not in names:
+            raise SpecError(source, f"hyper.{key}", f"unknown key for algorithm {spec.algorithm!r}; expected one "
+                                                     f"of {', '.join(sorted(names))}")
+    try:
+        return config_cls(**spec.hyper)
+    except (TypeError, ValueError) as error:
+        raise SpecError(source, "hyper", str(error)) from None
