@@ -312,6 +312,30 @@ def bench_sim(
     out.print(table)
 
 
+@bench_app.command("train")
+def bench_train_command(
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Env steps per learning run (both sides).")] = 10_000,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Training seeds per task and side.")] = 3,
+    tasks: Annotated[list[str] | None, typer.Option("--task", help="Scenario (repeatable); default: "
+                                                                   "classic/pendulum and bullet/reach.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (both sides).")] = "auto",
+    compile_critics: Annotated[bool, typer.Option("--compile", help="torch.compile DSAC-T's critics.")] = False,
+    learning: Annotated[bool, typer.Option("--learning/--no-learning", help="Run the learning comparison.")] = True,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Throughput timings per side (median).")] = 3,
+    as_json: JsonFlag = False,
+) -> None:
+    """DSAC-T vs Stable-Baselines3 SAC: final returns (mean +- 95 % CI over seeds) and throughput ratios."""
+    from safetybed.control.bench_train import bench_train, format_table
+
+    result = bench_train(steps=steps, seeds=seeds, tasks=list(tasks or ["classic/pendulum", "bullet/reach"]),
+                         device=device, compile=compile_critics, learning=learning, repeats=repeats,
+                         progress=None if as_json else (lambda line: err.print(line, markup=False)))
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        out.print(format_table(result), markup=False, highlight=False)
+
+
 # -- quickstart -------------------------------------------------------------------------------------------------
 @app.command("quickstart")
 def quickstart(

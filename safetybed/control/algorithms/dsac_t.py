@@ -1,0 +1,435 @@
+"""DSAC-T (DSACv2): distributional soft actor-critic with three refinements.
+
+Duan, Wang, Xiao, Gao, Li, Liu, Zhang, Cheng & Li, "Distributional Soft Actor-Critic with Three
+Refinements", IEEE TPAMI 47(5):3935-3946, 2025 (arXiv 2310.05858). The loss is the paper form, as in the
+official code before its 2025 Huber variant (``Jingliang-Duan/DSAC-v2``, ``dsac.py`` at 4707a52;
+``research/centaur_dsac.md`` §2).
+
+Each critic ``i`` models the soft return as ``Z_i(s, a) ~ N(Q_i(s, a), sigma_i(s, a)^2)``, with
+``sigma = softplus(raw)``. The three refinements over DSAC (v1) are
+
+1. *expected value substitution*: the mean is regressed on the expected target ``y_q`` (built from the
+   target critics' means), the standard deviation on a sampled target ``y_z``;
+2. *twin value distribution learning*: per sample, the target critic with the smaller mean supplies both
+   ``y_q`` and ``y_z`` (the distributional form of clipped double-Q);
+3. *variance-based critic gradient adjustment*: ``epsilon``-stabilised denominators, the loss scaled by
+   ``b_bar^2 + epsilon`` where ``b_bar`` is a moving average of the batch-mean ``sigma``, and the sampled
+   target clipped to ``Q +- clip_xi * b_bar``.
+
+The actor, the temperature and all targets (both target critics *and a target policy*) move every
+``delay_update`` critic updates.
+
+Choices the paper leaves open (documented so they can be revisited):
+
+* the critic and the actor update in sequence within an iteration (the actor loss sees the freshly
+  updated critics); the official code computes every gradient before stepping any optimiser;
+* the first ``learning_starts`` environment steps use uniform random actions (as SAC implementations do;
+  the official sampler acts with the initial policy);
+* the replay buffer stores *raw* observations; when ``[network] normalize_observations`` is on, batches
+  are normalised with the current running statistics when sampled (as SB3 does with ``VecNormalize``),
+  and the statistics are updated with every observation the vector env returns;
+* network weights are drawn from ``setup.cpu_generator`` (PyTorch's default ``nn.Linear`` scheme), so the
+  initial networks are a function of the seed alone, on CPU and CUDA alike;
+* replay indices, policy noise and ``z_hat`` are drawn from ``setup.generator`` (on the training device).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from safetybed.control.algorithms.replay import Batch, ReplayBuffer
+from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch, QNetwork
+from safetybed.control.training import TrainResult, TrainSetup
+
+#: Names of the terms ``update`` returns (see its docstring for when each is present).
+LOSS_TERMS = ("loss_critic", "loss_critic_1", "loss_critic_2", "loss_actor", "loss_alpha", "alpha", "entropy",
+              "q_mean", "sigma_mean", "target_q_mean", "b_bar_1", "b_bar_2")
+
+
+@dataclass(frozen=True)
+class Config:
+    """DSAC-T hyper-parameters. Defaults are the official MuJoCo settings (``centaur_dsac.md`` §2.5).
+
+    Network sizes come from the controller spec's ``[network]`` (the paper uses 3x256 GELU for the actor
+    and both critics).
+    """
+
+    critic_learning_rate: float = 1e-4
+    """Adam learning rate of each critic."""
+    actor_learning_rate: float = 1e-4
+    """Adam learning rate of the policy."""
+    alpha_learning_rate: float = 3e-4
+    """Adam learning rate of ``log alpha`` (temperature)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak rate of the target critics and the target policy (per delayed update)."""
+    tau_b: float = 0.005
+    """Moving-average rate of ``b_bar``, the running batch-mean of each critic's ``sigma``."""
+    delay_update: int = 2
+    """The actor, ``alpha`` and the targets update once every this many critic updates."""
+    batch_size: int = 256
+    """Transitions per gradient update."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions (capped at the run's total environment steps)."""
+    learning_starts: int = 10_000
+    """Environment steps of uniform random actions before the first update."""
+    env_steps_per_round: int = 20
+    """Environment steps (summed over the vector envs) collected between rounds of updates (official: 20)."""
+    updates_per_round: int = 1
+    """Gradient updates per round."""
+    epsilon: float = 0.1
+    """``epsilon`` ("bias") in the variance-adjusted critic loss: stabilises ``1/sigma^2``, ``1/sigma^3``."""
+    clip_xi: float = 3.0
+    """``xi``: the sampled target is clipped to ``Q +- xi * b_bar`` (3-sigma rule)."""
+    z_clamp: float = 3.0
+    """The standard-normal draw ``z_hat`` of the sampled target is clamped to ``+-z_clamp``."""
+    init_log_alpha: float = 1.0
+    """Initial ``log alpha`` (official code: 1.0, i.e. ``alpha_0 = e``); the fixed value if not ``auto_alpha``."""
+    auto_alpha: bool = True
+    """Learn the temperature towards ``target_entropy``."""
+    target_entropy: float | None = None
+    """Target policy entropy [nats]; ``None`` means ``-dim(A)``."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before learning (official default 1)."""
+    log_std_min: float = -20.0
+    """Lower clamp of the policy's log-std."""
+    log_std_max: float = 0.5
+    """Upper clamp of the policy's log-std (DSAC-T code: 0.5)."""
+    compile: bool = False
+    """Run the critics through ``torch.compile`` (falls back to eager, with a note, if compilation fails).
+
+    Off by default: on an H100 it made the short training loop slower (compile time, and recompiles when
+    the actor loss freezes the critics); see ``safetybed bench train --compile``."""
+
+    def __post_init__(self) -> None:
+        positive = ("critic_learning_rate", "actor_learning_rate", "alpha_learning_rate", "epsilon", "clip_xi",
+                    "z_clamp", "reward_scale")
+        for name in positive:
+            _require(name, getattr(self, name), getattr(self, name) > 0, "> 0")
+        _require("gamma", self.gamma, 0 <= self.gamma <= 1, "in [0, 1]")
+        for name in ("tau", "tau_b"):
+            _require(name, getattr(self, name), 0 < getattr(self, name) <= 1, "in (0, 1]")
+        for name in ("delay_update", "batch_size", "buffer_size", "env_steps_per_round", "updates_per_round"):
+            value = getattr(self, name)
+            _require(name, value, isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                     "an integer >= 1")
+        _require("learning_starts", self.learning_starts,
+                 isinstance(self.learning_starts, int) and self.learning_starts >= 0, "an integer >= 0")
+        _require("init_log_alpha", self.init_log_alpha, math.isfinite(self.init_log_alpha), "finite")
+        for name in ("auto_alpha", "compile"):
+            _require(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
+        if self.target_entropy is not None:
+            _require("target_entropy", self.target_entropy, math.isfinite(self.target_entropy),
+                     "finite or None")
+        _require("log_std_max", self.log_std_max, self.log_std_min < self.log_std_max,
+                 f"> log_std_min ({self.log_std_min})")
+
+
+def _require(name: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
+# -- helpers (kept here so this file reads on its own) ---------------------------------------------------------
+def init_linear_(module: nn.Module, *, generator: torch.Generator) -> nn.Module:
+    """Redraw every ``nn.Linear`` with PyTorch's default scheme, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+    from ``generator`` instead of the global RNG."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+    return module
+
+
+def polyak_(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) * target + tau * online``."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+
+
+@contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Forward passes inside build no graph to these modules' parameters (gradients still reach inputs)."""
+    params = [p for module in modules for p in module.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _build(factory: Callable[[], nn.Module], *, device: torch.device, generator: torch.Generator) -> nn.Module:
+    # Construct with the global RNG's state saved and restored (nn.Linear draws from it), then redraw
+    # the weights from the run's own generator.
+    with torch.random.fork_rng(devices=[]):
+        module = factory()
+    return init_linear_(module, generator=generator).to(device)
+
+
+# -- the agent -------------------------------------------------------------------------------------------------
+class DSACT:
+    """Actor, twin distributional critics, their targets, a target policy and the temperature.
+
+    Args:
+        arch: the policy architecture (``tanh_gaussian``); the critics use its ``hidden`` and ``activation``.
+        config: hyper-parameters.
+        device: where the networks live.
+        generator: a ``torch.Generator`` on ``device`` for every draw during updates (policy noise, ``z_hat``).
+        init_generator: a CPU ``torch.Generator`` the initial weights are drawn from.
+    """
+
+    def __init__(self, arch: PolicyArch, config: Config, *, device: torch.device, generator: torch.Generator,
+                 init_generator: torch.Generator):
+        if arch.kind != "tanh_gaussian":
+            raise ValueError(f"arch.kind: expected 'tanh_gaussian', got {arch.kind!r}")
+        self.config = config
+        self.device = torch.device(device)
+        self.generator = generator
+        self.actor: Policy = _build(lambda: Policy(arch), device=self.device, generator=init_generator)
+
+        def critic() -> QNetwork:  # outputs [mean, raw std] (Duan et al. 2025, §2.1 of the research note)
+            return QNetwork(arch.obs_dim, arch.act_dim, hidden=arch.hidden, activation=arch.activation, outputs=2)
+
+        self.critic1 = _build(critic, device=self.device, generator=init_generator)
+        self.critic2 = _build(critic, device=self.device, generator=init_generator)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic1_target = copy.deepcopy(self.critic1).requires_grad_(False)
+        self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
+        self.log_alpha = torch.tensor(float(config.init_log_alpha), device=self.device,
+                                      requires_grad=config.auto_alpha)
+        self.target_entropy = (-float(arch.act_dim) if config.target_entropy is None
+                               else float(config.target_entropy))
+        # One Adam over both critics equals one Adam each (Adam is per-parameter), as in the official code.
+        self.critic_optimizer = torch.optim.Adam([*self.critic1.parameters(), *self.critic2.parameters()],
+                                                 lr=config.critic_learning_rate)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_learning_rate)
+        self.alpha_optimizer = (torch.optim.Adam([self.log_alpha], lr=config.alpha_learning_rate)
+                                if config.auto_alpha else None)
+        #: b_bar_1, b_bar_2: moving averages of each critic's batch-mean sigma; set by the first batch.
+        self.b_bar = torch.zeros(2, device=self.device)
+        self.b_bar_initialised = False
+        #: Critic updates done so far; the delayed updates run when ``iteration % delay_update == 0``.
+        self.iteration = 0
+        self.compile_note: str | None = None
+        self._critics = {"critic1": self.critic1, "critic2": self.critic2,
+                         "critic1_target": self.critic1_target, "critic2_target": self.critic2_target}
+        if config.compile:
+            self._compile_critics(arch)
+
+    def _compile_critics(self, arch: PolicyArch) -> None:
+        compiled = {name: torch.compile(module) for name, module in self._critics.items()}
+        try:  # compilation happens at the first call: try it now, on a throw-away batch
+            obs = torch.zeros(2, arch.obs_dim, device=self.device)
+            action = torch.zeros(2, arch.act_dim, device=self.device)
+            for module in compiled.values():
+                out = module(obs, action)
+                if out.requires_grad:  # the online critics: compile their backward too
+                    out.sum().backward()
+        except Exception as error:  # any compiler failure means: run eager
+            self.compile_note = f"torch.compile failed ({type(error).__name__}: {error}); running eager"
+            return
+        finally:
+            self.critic_optimizer.zero_grad(set_to_none=True)
+        self._critics = compiled
+        self.compile_note = "critics compiled with torch.compile"
+
+    def _distribution(self, name: str, obs: torch.Tensor, action: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``Q`` and standard deviation ``sigma = softplus(raw)`` of critic ``name``."""
+        out = self._critics[name](obs, action)
+        return out[..., 0], F.softplus(out[..., 1])
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    # -- losses ------------------------------------------------------------------------------------------------
+    def critic_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The DSAC-T critic loss ``L_1 + L_2`` (paper form) and its parts.
+
+        Side effect: updates ``b_bar`` with this batch *before* using it (official order). Random draws,
+        all from ``self.generator`` and in this order: the target policy's noise ``[batch, act_dim]``, then
+        ``z_hat`` for target critic 1 ``[batch]``, then for target critic 2 ``[batch]``.
+        """
+        cfg = self.config
+        alpha = self.alpha
+        with torch.no_grad():
+            # The next action comes from the *target* policy (Duan et al. 2025; DSAC-T code, centaur_dsac §2.2).
+            next_action, next_log_prob = self.actor_target.sample(batch.next_obs, generator=self.generator)
+            next_mean_1, next_std_1 = self._distribution("critic1_target", batch.next_obs, next_action)
+            next_mean_2, next_std_2 = self._distribution("critic2_target", batch.next_obs, next_action)
+            z_hat_1 = self._standard_normal(next_mean_1).clamp(-cfg.z_clamp, cfg.z_clamp)
+            z_hat_2 = self._standard_normal(next_mean_2).clamp(-cfg.z_clamp, cfg.z_clamp)
+            next_sample_1 = next_mean_1 + z_hat_1 * next_std_1  # Z_hat_i ~ N(Q_bar_i, sigma_bar_i^2)
+            next_sample_2 = next_mean_2 + z_hat_2 * next_std_2
+            # Twin value distribution learning: the target critic with the smaller mean gives both targets.
+            next_mean = torch.minimum(next_mean_1, next_mean_2)
+            next_sample = torch.where(next_mean_1 < next_mean_2, next_sample_1, next_sample_2)
+            reward = cfg.reward_scale * batch.reward
+            bootstrap = cfg.gamma * (1.0 - batch.done)
+            # Expected value substitution: y_q (expected) drives the mean, y_z (sampled) the variance.
+            target_mean = reward + bootstrap * (next_mean - alpha * next_log_prob)
+            target_sample = reward + bootstrap * (next_sample - alpha * next_log_prob)
+
+        mean_1, std_1 = self._distribution("critic1", batch.obs, batch.action)
+        mean_2, std_2 = self._distribution("critic2", batch.obs, batch.action)
+        self._update_b_bar(torch.stack([std_1.detach().mean(), std_2.detach().mean()]))
+        loss_1 = self.variance_adjusted_loss(mean_1, std_1, target_mean, target_sample, self.b_bar[0])
+        loss_2 = self.variance_adjusted_loss(mean_2, std_2, target_mean, target_sample, self.b_bar[1])
+        return {"loss_critic": loss_1 + loss_2, "loss_critic_1": loss_1, "loss_critic_2": loss_2,
+                "q_mean": 0.5 * (mean_1.detach().mean() + mean_2.detach().mean()),
+                "sigma_mean": 0.5 * (std_1.detach().mean() + std_2.detach().mean()),
+                "target_q_mean": target_mean.mean(), "b_bar_1": self.b_bar[0], "b_bar_2": self.b_bar[1]}
+
+    def _standard_normal(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
+
+    def _update_b_bar(self, batch_std_mean: torch.Tensor) -> None:
+        """``b_bar <- (1 - tau_b) b_bar + tau_b mean(sigma)``, initialised to the first batch's mean."""
+        if not self.b_bar_initialised:
+            self.b_bar = batch_std_mean.clone()
+            self.b_bar_initialised = True
+        else:  # a new tensor, so values handed out earlier stay as they were
+            self.b_bar = torch.lerp(self.b_bar, batch_std_mean, self.config.tau_b)
+
+    def variance_adjusted_loss(self, mean: torch.Tensor, std: torch.Tensor, target_mean: torch.Tensor,
+                                target_sample: torch.Tensor, b_bar: torch.Tensor) -> torch.Tensor:
+        """Surrogate whose gradient is the DSAC-T critic gradient (variance-based gradient adjustment):
+
+        ``(b^2 + eps) E[-(y_q - Q)/(s^2 + eps) grad Q - ((y_z^clip - Q)^2 - s^2)/(s^3 + eps) grad sigma]``
+        with ``s = max(sigma, 0)`` held constant and ``y_z^clip = Q + clip(y_z - Q, -xi b, xi b)``.
+        """
+        cfg = self.config
+        mean_const = mean.detach()
+        std_const = std.detach().clamp(min=0.0)
+        # Adaptive clipping boundary: xi * b_bar (the moving average, not the per-sample sigma).
+        bound = cfg.clip_xi * b_bar
+        target_clipped = mean_const + (target_sample - mean_const).clamp(-bound, bound)
+        mean_weight = (target_mean - mean_const) / (std_const.pow(2) + cfg.epsilon)
+        std_weight = ((mean_const - target_clipped).pow(2) - std_const.pow(2)) / (std_const.pow(3) + cfg.epsilon)
+        # omega = b_bar^2 + eps rescales the gradient so its size does not depend on the return's scale.
+        return (b_bar.pow(2) + cfg.epsilon) * (-mean_weight * mean - std_weight * std).mean()
+
+    def actor_loss(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``E[alpha log pi(a~|s) - min_i Q_i(s, a~)]`` with the critics' means and frozen critics."""
+        action, log_prob = self.actor.sample(obs, generator=self.generator)
+        with frozen(self.critic1, self.critic2):
+            q_1, _ = self._distribution("critic1", obs, action)
+            q_2, _ = self._distribution("critic2", obs, action)
+        loss = (self.alpha * log_prob - torch.minimum(q_1, q_2)).mean()
+        return {"loss_actor": loss, "log_prob": log_prob.detach(), "entropy": -log_prob.detach().mean()}
+
+    def alpha_loss(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """``-log alpha * E[log pi(a~|s) + target_entropy]`` (gradient reaches ``log alpha`` only)."""
+        return -(self.log_alpha * (log_prob.detach() + self.target_entropy).mean())
+
+    # -- one iteration ----------------------------------------------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One DSAC-T iteration; returns detached loss terms.
+
+        Always present: ``loss_critic``, ``loss_critic_1``, ``loss_critic_2``, ``q_mean``, ``sigma_mean``,
+        ``target_q_mean``, ``b_bar_1``, ``b_bar_2``, ``alpha``. On delayed iterations only (when the actor
+        moves): ``loss_actor``, ``entropy`` and, with ``auto_alpha``, ``loss_alpha``.
+        """
+        cfg = self.config
+        terms = self.critic_loss(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        terms["loss_critic"].backward()
+        self.critic_optimizer.step()
+
+        if self.iteration % cfg.delay_update == 0:  # delayed policy / temperature / target updates
+            actor_terms = self.actor_loss(batch.obs)
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_terms["loss_actor"].backward()
+            self.actor_optimizer.step()
+            terms["loss_actor"] = actor_terms["loss_actor"]
+            terms["entropy"] = actor_terms["entropy"]
+            if self.alpha_optimizer is not None:
+                loss_alpha = self.alpha_loss(actor_terms["log_prob"])
+                self.alpha_optimizer.zero_grad(set_to_none=True)
+                loss_alpha.backward()
+                self.alpha_optimizer.step()
+                terms["loss_alpha"] = loss_alpha
+            polyak_(self.critic1_target, self.critic1, cfg.tau)
+            polyak_(self.critic2_target, self.critic2, cfg.tau)
+            polyak_(self.actor_target, self.actor, cfg.tau)
+        self.iteration += 1
+        terms["alpha"] = self.alpha
+        return {name: value.detach() for name, value in terms.items()}
+
+
+# -- training loop ---------------------------------------------------------------------------------------------
+def train(setup: TrainSetup, config: Config) -> TrainResult:
+    """Train DSAC-T on ``setup.scenario`` for ``setup.steps`` environment steps."""
+    device = setup.device
+    arch = setup.policy_arch("tanh_gaussian", log_std_min=config.log_std_min, log_std_max=config.log_std_max)
+    agent = DSACT(arch, config, device=device, generator=setup.generator, init_generator=setup.cpu_generator)
+    obs_norm = setup.obs_normalizer()
+    buffer = ReplayBuffer(capacity=min(config.buffer_size, setup.steps), obs_dim=arch.obs_dim,
+                          act_dim=arch.act_dim, device=device)
+    low = np.asarray(arch.action_low, dtype=np.float32)
+    high = np.asarray(arch.action_high, dtype=np.float32)
+
+    def as_tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=device, dtype=torch.float32)
+
+    env = setup.make_vec_env()
+    obs = setup.reset_vec_env(env)
+    obs_norm.update(as_tensor(obs))
+    env_steps = updates = owed_steps = 0
+    # Every term starts as NaN, so the first logged row (and the CSV header) has all columns.
+    latest = {term: torch.tensor(math.nan, device=device) for term in LOSS_TERMS}
+    while env_steps < setup.steps:
+        if env_steps < config.learning_starts:
+            action = setup.rng.uniform(low, high, size=(setup.envs, arch.act_dim)).astype(np.float32)
+        else:
+            with torch.no_grad():
+                action = agent.actor.act_stochastic(obs_norm(as_tensor(obs)), generator=setup.generator)
+            action = action.cpu().numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        # SAME_STEP autoreset: next_obs holds reset observations where an episode ended; the transition
+        # needs the real last observation. Bootstrapping stops on termination only, not on truncation.
+        final_obs = next_obs.copy()
+        if "_final_obs" in info:
+            for index in np.flatnonzero(info["_final_obs"]):
+                final_obs[index] = info["final_obs"][index]
+        buffer.add(obs, action, reward, final_obs, terminated)
+        obs_norm.update(as_tensor(next_obs))
+        obs = next_obs
+        env_steps += setup.envs
+
+        if env_steps > config.learning_starts:  # as SB3: learning_starts steps, then the first update
+            owed_steps += setup.envs
+            while owed_steps >= config.env_steps_per_round:
+                owed_steps -= config.env_steps_per_round
+                for _ in range(config.updates_per_round):
+                    latest.update(agent.update(_normalised(buffer.sample(config.batch_size,
+                                                                         generator=setup.generator), obs_norm)))
+                    updates += 1
+        setup.maybe_evaluate(env_steps, agent.actor, obs_norm, extra=latest)
+    env.close()
+    if not setup.evaluations or setup.evaluations[-1]["env_steps"] != env_steps:
+        setup.maybe_evaluate(env_steps, agent.actor, obs_norm, extra=latest, force=True)
+    return setup.result(agent.actor, obs_norm, env_steps=env_steps, updates=updates)
+
+
+def _normalised(batch: Batch, obs_norm: ObsNormalizer) -> Batch:
+    if not obs_norm.enabled:
+        return batch
+    return batch._replace(obs=obs_norm(batch.obs), next_obs=obs_norm(batch.next_obs))
+

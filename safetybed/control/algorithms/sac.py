@@ -1,0 +1,313 @@
+"""SAC: soft actor-critic with twin Q networks and a learned temperature (the baseline for DSAC-T).
+
+Haarnoja, Zhou, Hartikainen, Tucker, Ha, Tan, Kumar, Zhu, Gupta, Abbeel & Levine, "Soft Actor-Critic
+Algorithms and Applications", arXiv 1812.05905, 2018: soft Q loss (§4.2), reparameterised policy loss
+(§4.2), automatic temperature adjustment towards a target entropy of ``-dim(A)`` (§5); twin Q networks
+with the minimum in the target (clipped double-Q, Fujimoto, van Hoof & Meger 2018).
+
+Choices the paper leaves open (the same as :mod:`safetybed.control.algorithms.dsac_t`, so the two files
+differ only in the algorithm): critic, actor and temperature update in sequence; uniform random actions
+for the first ``learning_starts`` steps; raw observations in the replay buffer, normalised when sampled;
+initial weights drawn from ``setup.cpu_generator``; every other draw from ``setup.generator``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from safetybed.control.algorithms.replay import Batch, ReplayBuffer
+from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch, QNetwork
+from safetybed.control.training import TrainResult, TrainSetup
+
+#: Names of the terms ``update`` returns (see its docstring for when each is present).
+LOSS_TERMS = ("loss_critic", "loss_critic_1", "loss_critic_2", "loss_actor", "loss_alpha", "alpha", "entropy",
+              "q_mean", "target_q_mean")
+
+
+@dataclass(frozen=True)
+class Config:
+    """SAC hyper-parameters; defaults follow Haarnoja et al. 2018 (Table 1 of arXiv 1812.05905) and SB3.
+
+    Network sizes come from the controller spec's ``[network]`` (the paper uses 2x256 ReLU).
+    """
+
+    critic_learning_rate: float = 3e-4
+    """Adam learning rate of the twin critics."""
+    actor_learning_rate: float = 3e-4
+    """Adam learning rate of the policy."""
+    alpha_learning_rate: float = 3e-4
+    """Adam learning rate of ``log alpha`` (temperature)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
+    target_update_interval: int = 1
+    """Update the target critics once every this many gradient updates."""
+    batch_size: int = 256
+    """Transitions per gradient update."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions (capped at the run's total environment steps)."""
+    learning_starts: int = 5_000
+    """Environment steps of uniform random actions before the first update (CleanRL's value)."""
+    env_steps_per_round: int = 1
+    """Environment steps (summed over the vector envs) collected between rounds of updates."""
+    updates_per_round: int = 1
+    """Gradient updates per round."""
+    init_log_alpha: float = 0.0
+    """Initial ``log alpha`` (``alpha_0 = 1``, as SB3's ``ent_coef="auto"``); the fixed value if not ``auto_alpha``."""
+    auto_alpha: bool = True
+    """Learn the temperature towards ``target_entropy``."""
+    target_entropy: float | None = None
+    """Target policy entropy [nats]; ``None`` means ``-dim(A)``."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before learning."""
+    log_std_min: float = -20.0
+    """Lower clamp of the policy's log-std (SB3)."""
+    log_std_max: float = 2.0
+    """Upper clamp of the policy's log-std (SB3)."""
+
+    def __post_init__(self) -> None:
+        for name in ("critic_learning_rate", "actor_learning_rate", "alpha_learning_rate", "reward_scale"):
+            _require(name, getattr(self, name), getattr(self, name) > 0, "> 0")
+        _require("gamma", self.gamma, 0 <= self.gamma <= 1, "in [0, 1]")
+        _require("tau", self.tau, 0 < self.tau <= 1, "in (0, 1]")
+        for name in ("target_update_interval", "batch_size", "buffer_size", "env_steps_per_round",
+                     "updates_per_round"):
+            value = getattr(self, name)
+            _require(name, value, isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                     "an integer >= 1")
+        _require("learning_starts", self.learning_starts,
+                 isinstance(self.learning_starts, int) and self.learning_starts >= 0, "an integer >= 0")
+        _require("init_log_alpha", self.init_log_alpha, math.isfinite(self.init_log_alpha), "finite")
+        for name in ("auto_alpha",):
+            _require(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
+        if self.target_entropy is not None:
+            _require("target_entropy", self.target_entropy, math.isfinite(self.target_entropy),
+                     "finite or None")
+        _require("log_std_max", self.log_std_max, self.log_std_min < self.log_std_max,
+                 f"> log_std_min ({self.log_std_min})")
+
+
+def _require(name: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
+# -- helpers (kept here so this file reads on its own) ---------------------------------------------------------
+def init_linear_(module: nn.Module, *, generator: torch.Generator) -> nn.Module:
+    """Redraw every ``nn.Linear`` with PyTorch's default scheme, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+    from ``generator`` instead of the global RNG."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+    return module
+
+
+def polyak_(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) * target + tau * online``."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+
+
+@contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Forward passes inside build no graph to these modules' parameters (gradients still reach inputs)."""
+    params = [p for module in modules for p in module.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _build(factory: Callable[[], nn.Module], *, device: torch.device, generator: torch.Generator) -> nn.Module:
+    # Construct with the global RNG's state saved and restored (nn.Linear draws from it), then redraw
+    # the weights from the run's own generator.
+    with torch.random.fork_rng(devices=[]):
+        module = factory()
+    return init_linear_(module, generator=generator).to(device)
+
+
+# -- the agent -------------------------------------------------------------------------------------------------
+class SAC:
+    """Actor, twin critics, their targets and the temperature.
+
+    Args:
+        arch: the policy architecture (``tanh_gaussian``); the critics use its ``hidden`` and ``activation``.
+        config: hyper-parameters.
+        device: where the networks live.
+        generator: a ``torch.Generator`` on ``device`` for every draw during updates (policy noise).
+        init_generator: a CPU ``torch.Generator`` the initial weights are drawn from.
+    """
+
+    def __init__(self, arch: PolicyArch, config: Config, *, device: torch.device, generator: torch.Generator,
+                 init_generator: torch.Generator):
+        if arch.kind != "tanh_gaussian":
+            raise ValueError(f"arch.kind: expected 'tanh_gaussian', got {arch.kind!r}")
+        self.config = config
+        self.device = torch.device(device)
+        self.generator = generator
+        self.actor: Policy = _build(lambda: Policy(arch), device=self.device, generator=init_generator)
+
+        def critic() -> QNetwork:
+            return QNetwork(arch.obs_dim, arch.act_dim, hidden=arch.hidden, activation=arch.activation, outputs=1)
+
+        self.critic1 = _build(critic, device=self.device, generator=init_generator)
+        self.critic2 = _build(critic, device=self.device, generator=init_generator)
+        self.critic1_target = copy.deepcopy(self.critic1).requires_grad_(False)
+        self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
+        self.log_alpha = torch.tensor(float(config.init_log_alpha), device=self.device,
+                                      requires_grad=config.auto_alpha)
+        self.target_entropy = (-float(arch.act_dim) if config.target_entropy is None
+                               else float(config.target_entropy))
+        self.critic_optimizer = torch.optim.Adam([*self.critic1.parameters(), *self.critic2.parameters()],
+                                                 lr=config.critic_learning_rate)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_learning_rate)
+        self.alpha_optimizer = (torch.optim.Adam([self.log_alpha], lr=config.alpha_learning_rate)
+                                if config.auto_alpha else None)
+        #: Gradient updates done so far; targets move when ``iteration % target_update_interval == 0``.
+        self.iteration = 0
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    # -- losses ------------------------------------------------------------------------------------------------
+    def critic_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Soft Q loss ``sum_i 0.5 E[(Q_i(s, a) - y)^2]``, ``y = r + gamma (1 - d)(min_i Q_bar_i(s', a') - alpha log pi(a'|s'))``.
+
+        ``a' ~ pi(.|s')`` is drawn from the *current* policy (Haarnoja et al. 2018, §4.2) with ``self.generator``.
+        """
+        cfg = self.config
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(batch.next_obs, generator=self.generator)
+            next_q = torch.minimum(self.critic1_target(batch.next_obs, next_action)[..., 0],
+                                   self.critic2_target(batch.next_obs, next_action)[..., 0])  # clipped double-Q
+            soft_value = next_q - self.alpha * next_log_prob  # V(s') = E[Q - alpha log pi] (soft value)
+            target = cfg.reward_scale * batch.reward + cfg.gamma * (1.0 - batch.done) * soft_value
+        q_1 = self.critic1(batch.obs, batch.action)[..., 0]
+        q_2 = self.critic2(batch.obs, batch.action)[..., 0]
+        loss_1 = 0.5 * (q_1 - target).pow(2).mean()
+        loss_2 = 0.5 * (q_2 - target).pow(2).mean()
+        return {"loss_critic": loss_1 + loss_2, "loss_critic_1": loss_1, "loss_critic_2": loss_2,
+                "q_mean": 0.5 * (q_1.detach().mean() + q_2.detach().mean()), "target_q_mean": target.mean()}
+
+    def actor_loss(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``E[alpha log pi(a~|s) - min_i Q_i(s, a~)]`` with ``a~`` reparameterised and the critics frozen."""
+        action, log_prob = self.actor.sample(obs, generator=self.generator)
+        with frozen(self.critic1, self.critic2):
+            q = torch.minimum(self.critic1(obs, action)[..., 0], self.critic2(obs, action)[..., 0])
+        loss = (self.alpha * log_prob - q).mean()
+        return {"loss_actor": loss, "log_prob": log_prob.detach(), "entropy": -log_prob.detach().mean()}
+
+    def alpha_loss(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """``-log alpha * E[log pi(a~|s) + target_entropy]`` (§5; the log-parameterised form)."""
+        return -(self.log_alpha * (log_prob.detach() + self.target_entropy).mean())
+
+    # -- one iteration ----------------------------------------------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One SAC gradient update; returns detached loss terms.
+
+        Always present: ``loss_critic``, ``loss_critic_1``, ``loss_critic_2``, ``q_mean``, ``target_q_mean``,
+        ``loss_actor``, ``entropy``, ``alpha``; ``loss_alpha`` with ``auto_alpha``.
+        """
+        cfg = self.config
+        terms = self.critic_loss(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        terms["loss_critic"].backward()
+        self.critic_optimizer.step()
+
+        actor_terms = self.actor_loss(batch.obs)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_terms["loss_actor"].backward()
+        self.actor_optimizer.step()
+        terms["loss_actor"] = actor_terms["loss_actor"]
+        terms["entropy"] = actor_terms["entropy"]
+        if self.alpha_optimizer is not None:
+            loss_alpha = self.alpha_loss(actor_terms["log_prob"])
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            loss_alpha.backward()
+            self.alpha_optimizer.step()
+            terms["loss_alpha"] = loss_alpha
+
+        if self.iteration % cfg.target_update_interval == 0:
+            polyak_(self.critic1_target, self.critic1, cfg.tau)
+            polyak_(self.critic2_target, self.critic2, cfg.tau)
+        self.iteration += 1
+        terms["alpha"] = self.alpha
+        return {name: value.detach() for name, value in terms.items()}
+
+
+# -- training loop ---------------------------------------------------------------------------------------------
+def train(setup: TrainSetup, config: Config) -> TrainResult:
+    """Train SAC on ``setup.scenario`` for ``setup.steps`` environment steps."""
+    device = setup.device
+    arch = setup.policy_arch("tanh_gaussian", log_std_min=config.log_std_min, log_std_max=config.log_std_max)
+    agent = SAC(arch, config, device=device, generator=setup.generator, init_generator=setup.cpu_generator)
+    obs_norm = setup.obs_normalizer()
+    buffer = ReplayBuffer(capacity=min(config.buffer_size, setup.steps), obs_dim=arch.obs_dim,
+                          act_dim=arch.act_dim, device=device)
+    low = np.asarray(arch.action_low, dtype=np.float32)
+    high = np.asarray(arch.action_high, dtype=np.float32)
+
+    def as_tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=device, dtype=torch.float32)
+
+    env = setup.make_vec_env()
+    obs = setup.reset_vec_env(env)
+    obs_norm.update(as_tensor(obs))
+    env_steps = updates = owed_steps = 0
+    # Every term starts as NaN, so the first logged row (and the CSV header) has all columns.
+    latest = {term: torch.tensor(math.nan, device=device) for term in LOSS_TERMS}
+    while env_steps < setup.steps:
+        if env_steps < config.learning_starts:
+            action = setup.rng.uniform(low, high, size=(setup.envs, arch.act_dim)).astype(np.float32)
+        else:
+            with torch.no_grad():
+                action = agent.actor.act_stochastic(obs_norm(as_tensor(obs)), generator=setup.generator)
+            action = action.cpu().numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        # SAME_STEP autoreset: next_obs holds reset observations where an episode ended; the transition
+        # needs the real last observation. Bootstrapping stops on termination only, not on truncation.
+        final_obs = next_obs.copy()
+        if "_final_obs" in info:
+            for index in np.flatnonzero(info["_final_obs"]):
+                final_obs[index] = info["final_obs"][index]
+        buffer.add(obs, action, reward, final_obs, terminated)
+        obs_norm.update(as_tensor(next_obs))
+        obs = next_obs
+        env_steps += setup.envs
+
+        if env_steps > config.learning_starts:  # as SB3: learning_starts steps, then the first update
+            owed_steps += setup.envs
+            while owed_steps >= config.env_steps_per_round:
+                owed_steps -= config.env_steps_per_round
+                for _ in range(config.updates_per_round):
+                    latest.update(agent.update(_normalised(buffer.sample(config.batch_size,
+                                                                         generator=setup.generator), obs_norm)))
+                    updates += 1
+        setup.maybe_evaluate(env_steps, agent.actor, obs_norm, extra=latest)
+    env.close()
+    if not setup.evaluations or setup.evaluations[-1]["env_steps"] != env_steps:
+        setup.maybe_evaluate(env_steps, agent.actor, obs_norm, extra=latest, force=True)
+    return setup.result(agent.actor, obs_norm, env_steps=env_steps, updates=updates)
+
+
+def _normalised(batch: Batch, obs_norm: ObsNormalizer) -> Batch:
+    if not obs_norm.enabled:
+        return batch
+    return batch._replace(obs=obs_norm(batch.obs), next_obs=obs_norm(batch.next_obs))

@@ -1,0 +1,377 @@
+"""``safetybed bench train``: our DSAC-T against Stable-Baselines3 SAC, in one process on one machine.
+
+Two measurements, both made in the same run so that machine noise hits both sides alike:
+
+1. **Learning.** For each task and each seed, DSAC-T (ours) and SB3 SAC are trained for the same
+   number of environment steps, then their deterministic policies are rolled out on the same seeded
+   episodes of the *safetybed* scenario. The report gives the mean final return over seeds with a 95 %
+   Student-t interval. SB3 trains on gymnasium's ``Pendulum-v1`` for ``classic/pendulum`` (same
+   dynamics, reward and 200-step limit) and on the safetybed env itself (``safetybed.sims.make_env``)
+   for every other task, so both see identical tasks.
+2. **Throughput.** Environment steps per second of the whole training loop at one gradient update per
+   environment step (warm-up and set-up included, evaluation excluded), and gradient updates per
+   second on a filled replay buffer, for DSAC-T, our SAC and SB3 SAC with the same batch size and
+   network sizes. Medians over ``repeats``; ratios are ours / SB3.
+
+Protocol shared by both sides: ``learning_starts`` uniform-random steps, ``batch_size``, one update per
+environment step, the same hidden sizes and activation for actor and critics, no observation
+normalisation. Every other hyper-parameter is each algorithm's own default (DSAC-T: the paper's, see
+:class:`safetybed.control.algorithms.dsac_t.Config`; SB3: its ``SAC`` defaults). Timings are never
+asserted anywhere; they are reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from safetybed.catalogue import load_scenario_arg
+from safetybed.control.algorithms import dsac_t, sac
+from safetybed.control.algorithms.replay import ReplayBuffer
+from safetybed.control.training import TrainSetup, resolve_device
+from safetybed.sims import make_env
+from safetybed.spec import ScenarioSpec
+from safetybed.spec.controller import NetworkSpec
+
+DEFAULT_TASKS = ("classic/pendulum", "bullet/reach")
+#: Gymnasium id SB3 trains on for a scenario, when it is not the safetybed env itself.
+SB3_GYM_IDS = {"classic/pendulum": "Pendulum-v1"}
+#: Seeds of the evaluation episodes, shared by every policy (disjoint from training seeds by construction).
+EVAL_SEED_BASE = 10_000
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """A mean with a two-sided Student-t confidence interval ``mean +- half_width``.
+
+    Example: ``mean_t_interval([1, 2, 3])`` has mean 2, n 3 and half width
+    ``t_{0.975, 2} * 1 / sqrt(3) = 4.3027 / 1.7321 = 2.484``.
+    """
+
+    mean: float
+    half_width: float
+    n: int
+    confidence: float
+    method: str = "Student t on seed means"
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+
+def mean_t_interval(values: list[float], *, confidence: float = 0.95) -> MeanInterval:
+    """Mean of ``values`` with its ``confidence`` Student-t interval (``nan`` half width for n < 2)."""
+    from scipy import stats
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence: expected in (0, 1), got {confidence}")
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        raise ValueError("values: expected at least one value, got none")
+    if data.size < 2:
+        return MeanInterval(float(data.mean()), math.nan, int(data.size), confidence)
+    half = float(stats.t.ppf(0.5 + confidence / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
+    return MeanInterval(float(data.mean()), half, int(data.size), confidence)
+
+
+# -- evaluation shared by both sides ---------------------------------------------------------------------------
+def deterministic_return(act: Callable[[np.ndarray], np.ndarray], scenario: ScenarioSpec, *,
+                         episodes: int) -> float:
+    """Mean return of ``act`` (one observation -> one action) over the shared seeded evaluation episodes."""
+    env = make_env(scenario)
+    total = 0.0
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=EVAL_SEED_BASE + episode)
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total += float(reward)
+            done = terminated or truncated
+    env.close()
+    return total / episodes
+
+
+def _torch_actor(policy: torch.nn.Module, obs_norm: torch.nn.Module, device: torch.device
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    policy.eval()
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        tensor = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+        return policy(obs_norm(tensor))[0].cpu().numpy()
+
+    return act
+
+
+# -- the two sides ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Protocol:
+    """What both sides share."""
+
+    hidden: tuple[int, ...]
+    activation: str
+    batch_size: int
+    learning_starts: int
+    device: torch.device
+    compile: bool
+    dsac_t_overrides: tuple[tuple[str, Any], ...] = ()
+
+
+def _ours_setup(scenario: ScenarioSpec, protocol: Protocol, *, steps: int, seed: int) -> TrainSetup:
+    network = NetworkSpec(hidden=list(protocol.hidden), activation=protocol.activation)
+    # One evaluation episode at the end only: the shared evaluation below is what is reported.
+    return TrainSetup(scenario=scenario, network=network, steps=steps, envs=1, seed=seed, device=protocol.device,
+                      eval_every_steps=steps, eval_episodes=1)
+
+
+def _ours_config(algorithm: str, protocol: Protocol, *, steps: int) -> Any:
+    common = {"learning_starts": protocol.learning_starts, "env_steps_per_round": 1, "updates_per_round": 1,
+              "batch_size": protocol.batch_size, "buffer_size": max(steps, 1)}
+    if algorithm == "dsac_t":
+        return dsac_t.Config(**{**common, "compile": protocol.compile, **dict(protocol.dsac_t_overrides)})
+    return sac.Config(**common)
+
+
+def _sb3_env(task: str, scenario: ScenarioSpec) -> gym.Env:
+    if task in SB3_GYM_IDS:
+        return gym.make(SB3_GYM_IDS[task])  # Pendulum-v1 keeps gymnasium's 200-step limit
+    return make_env(scenario)
+
+
+def _sb3_model(task: str, scenario: ScenarioSpec, protocol: Protocol, *, steps: int, seed: int,
+               learning_starts: int) -> Any:
+    from stable_baselines3 import SAC as SB3SAC
+
+    activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "elu": torch.nn.ELU}
+    # SB3 seeds the global RNGs here (its own choice); our code never reads them.
+    return SB3SAC("MlpPolicy", _sb3_env(task, scenario), buffer_size=max(steps, 1), learning_starts=learning_starts,
+                  batch_size=protocol.batch_size, train_freq=1, gradient_steps=1, seed=seed,
+                  device=str(protocol.device), verbose=0,
+                  policy_kwargs={"net_arch": list(protocol.hidden), "activation_fn": activation[protocol.activation]})
+
+
+def _learn_ours(scenario: ScenarioSpec, protocol: Protocol, *, steps: int, seed: int, episodes: int) -> float:
+    setup = _ours_setup(scenario, protocol, steps=steps, seed=seed)
+    result = dsac_t.train(setup, _ours_config("dsac_t", protocol, steps=steps))
+    return deterministic_return(_torch_actor(result.policy, result.obs_norm, protocol.device), scenario,
+                                episodes=episodes)
+
+
+def _learn_sb3(task: str, scenario: ScenarioSpec, protocol: Protocol, *, steps: int, seed: int,
+               episodes: int) -> float:
+    model = _sb3_model(task, scenario, protocol, steps=steps, seed=seed, learning_starts=protocol.learning_starts)
+    model.learn(total_timesteps=steps)
+    return deterministic_return(lambda obs: model.predict(obs, deterministic=True)[0], scenario, episodes=episodes)
+
+
+# -- throughput ------------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _loop_rate_ours(algorithm: str, scenario: ScenarioSpec, protocol: Protocol, *, steps: int,
+                    warmup: int) -> float:
+    """Environment steps/s of the whole training loop, set-up included, final evaluation excluded."""
+    module = dsac_t if algorithm == "dsac_t" else sac
+    setup = _ours_setup(scenario, protocol, steps=steps, seed=0)
+    config = dataclasses.replace(_ours_config(algorithm, protocol, steps=steps), learning_starts=warmup)
+    module.train(setup, config)
+    # Wall time from the set-up's creation to the final evaluation row, taken before that evaluation runs.
+    return steps / setup.evaluations[-1]["wall_time_s"]
+
+
+def _loop_rate_sb3(task: str, scenario: ScenarioSpec, protocol: Protocol, *, steps: int, warmup: int) -> float:
+    started = time.perf_counter()
+    model = _sb3_model(task, scenario, protocol, steps=steps, seed=0, learning_starts=warmup)
+    model.learn(total_timesteps=steps)
+    _sync(protocol.device)
+    return steps / (time.perf_counter() - started)
+
+
+def _random_transitions(scenario: ScenarioSpec, count: int, *, seed: int) -> tuple[np.ndarray, ...]:
+    env = make_env(scenario)
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(int(rng.integers(2**31)))
+    obs, _ = env.reset(seed=seed)
+    rows: list[tuple] = []
+    for _ in range(count):
+        action = env.action_space.sample()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        rows.append((obs, action, reward, next_obs, terminated))
+        obs = env.reset(seed=int(rng.integers(2**31)))[0] if terminated or truncated else next_obs
+    env.close()
+    return tuple(np.asarray(column, dtype=np.float32) for column in zip(*rows, strict=True))
+
+
+def _update_rate_ours(algorithm: str, scenario: ScenarioSpec, protocol: Protocol, *, updates: int,
+                      transitions: tuple[np.ndarray, ...]) -> tuple[float, str | None]:
+    setup = _ours_setup(scenario, protocol, steps=len(transitions[0]), seed=0)
+    config = _ours_config(algorithm, protocol, steps=len(transitions[0]))
+    arch_kwargs = {"log_std_min": config.log_std_min, "log_std_max": config.log_std_max}
+    arch = setup.policy_arch("tanh_gaussian", **arch_kwargs)
+    agent_cls = dsac_t.DSACT if algorithm == "dsac_t" else sac.SAC
+    agent = agent_cls(arch, config, device=setup.device, generator=setup.generator, init_generator=setup.cpu_generator)
+    buffer = ReplayBuffer(capacity=len(transitions[0]), obs_dim=arch.obs_dim, act_dim=arch.act_dim,
+                          device=setup.device)
+    buffer.add(*transitions)
+    for _ in range(10):  # warm up allocators / compiled graphs
+        agent.update(buffer.sample(protocol.batch_size, generator=setup.generator))
+    _sync(setup.device)
+    started = time.perf_counter()
+    for _ in range(updates):
+        agent.update(buffer.sample(protocol.batch_size, generator=setup.generator))
+    _sync(setup.device)
+    return updates / (time.perf_counter() - started), getattr(agent, "compile_note", None)
+
+
+def _update_rate_sb3(task: str, scenario: ScenarioSpec, protocol: Protocol, *, updates: int, fill: int) -> float:
+    model = _sb3_model(task, scenario, protocol, steps=fill, seed=0, learning_starts=fill)
+    model.learn(total_timesteps=fill)  # fills the buffer; no update before learning_starts
+    model.train(gradient_steps=10, batch_size=protocol.batch_size)
+    _sync(protocol.device)
+    started = time.perf_counter()
+    model.train(gradient_steps=updates, batch_size=protocol.batch_size)
+    _sync(protocol.device)
+    return updates / (time.perf_counter() - started)
+
+
+# -- the benchmark ---------------------------------------------------------------------------------------------
+def bench_train(*, steps: int, seeds: int, tasks: list[str], device: str, compile: bool,
+                task_steps: dict[str, int] | None = None, learning_starts: int = 1000, batch_size: int = 256,
+                hidden: tuple[int, ...] = (256, 256), activation: str = "relu", eval_episodes: int = 10,
+                throughput_steps: int = 1000, throughput_updates: int = 300, repeats: int = 3,
+                learning: bool = True, throughput: bool = True, dsac_t_overrides: dict[str, Any] | None = None,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Learning (final return, mean +- 95 % t-interval over seeds) and throughput of DSAC-T vs SB3 SAC.
+
+    Args:
+        steps: environment steps per training run (both sides), unless ``task_steps`` names the task.
+        seeds: training seeds per task and side (``0 .. seeds-1``); at least 3 for a useful interval.
+        tasks: scenario names, e.g. ``["classic/pendulum", "bullet/reach"]``.
+        device: ``auto``, ``cpu`` or ``cuda`` (both sides use it).
+        compile: run DSAC-T's critics through ``torch.compile`` (falls back to eager with a note).
+        task_steps: per-task override of ``steps``.
+        learning_starts: uniform-random warm-up steps of the learning runs (both sides).
+        batch_size, hidden, activation: shared by every side, actor and critics alike.
+        eval_episodes: seeded deterministic evaluation episodes per trained policy.
+        throughput_steps: environment steps of each timed training loop (warm-up: ``batch_size`` steps).
+        throughput_updates: gradient updates in each timed update loop.
+        repeats: timings per side; medians are reported.
+        learning, throughput: which of the two parts to run.
+        dsac_t_overrides: DSAC-T ``Config`` fields to change from the paper defaults (a sensitivity check;
+            the default ``None`` is the reported comparison).
+        progress: called with a short line before each piece of work.
+
+    Returns:
+        ``{"protocol": ..., "learning": [row per task], "throughput": [row per task], "notes": [...],
+        "wall_time_s": ...}``; each learning row holds the per-seed returns and, per side, the
+        :class:`MeanInterval` as a dict; each throughput row the medians and the ratios ours / SB3.
+
+    Example (the numbers in the DSAC-T report)::
+
+        bench_train(steps=10_000, seeds=3, tasks=["classic/pendulum", "bullet/reach"], device="cpu",
+                    compile=False, task_steps={"bullet/reach": 3_000}, throughput_steps=600,
+                    throughput_updates=200, repeats=3)   # with OMP_NUM_THREADS=1
+    """
+    if steps < 1 or seeds < 1 or repeats < 1:
+        raise ValueError(f"steps, seeds, repeats: expected >= 1 each, got {steps}, {seeds}, {repeats}")
+    if not tasks:
+        raise ValueError("tasks: expected at least one scenario name, got none")
+    say = progress or (lambda line: None)
+    protocol = Protocol(hidden=tuple(hidden), activation=activation, batch_size=batch_size,
+                        learning_starts=learning_starts, device=resolve_device(device), compile=compile,
+                        dsac_t_overrides=tuple(sorted((dsac_t_overrides or {}).items())))
+    started = time.perf_counter()
+    notes: list[str] = []
+    learning_rows: list[dict[str, Any]] = []
+    throughput_rows: list[dict[str, Any]] = []
+    for task in tasks:
+        scenario, _ = load_scenario_arg(task)
+        task_budget = (task_steps or {}).get(task, steps)
+        if learning:
+            ours, theirs = [], []
+            for seed in range(seeds):  # interleaved, so drifts in machine load hit both sides alike
+                say(f"learning {task}: DSAC-T seed {seed} ({task_budget} steps)")
+                ours.append(_learn_ours(scenario, protocol, steps=task_budget, seed=seed, episodes=eval_episodes))
+                say(f"learning {task}: SB3 SAC seed {seed} ({task_budget} steps)")
+                theirs.append(_learn_sb3(task, scenario, protocol, steps=task_budget, seed=seed,
+                                         episodes=eval_episodes))
+            ours_ci, theirs_ci = mean_t_interval(ours), mean_t_interval(theirs)
+            learning_rows.append({
+                "task": task, "steps": task_budget, "seeds": seeds, "eval_episodes": eval_episodes,
+                "sb3_env": SB3_GYM_IDS.get(task, "safetybed.sims.make_env"),
+                "dsac_t_returns": ours, "sb3_sac_returns": theirs,
+                "dsac_t": asdict(ours_ci), "sb3_sac": asdict(theirs_ci),
+                "difference": ours_ci.mean - theirs_ci.mean})
+        if throughput:
+            warmup = batch_size
+            transitions = _random_transitions(scenario, max(throughput_steps, batch_size), seed=0)
+            rates: dict[str, dict[str, list[float]]] = {name: {"env_steps_per_s": [], "updates_per_s": []}
+                                                       for name in ("dsac_t", "sac", "sb3_sac")}
+            for repeat in range(repeats):
+                say(f"throughput {task}: repeat {repeat + 1}/{repeats}")
+                for name in ("dsac_t", "sac"):
+                    rates[name]["env_steps_per_s"].append(
+                        _loop_rate_ours(name, scenario, protocol, steps=throughput_steps, warmup=warmup))
+                    rate, note = _update_rate_ours(name, scenario, protocol, updates=throughput_updates,
+                                                   transitions=transitions)
+                    rates[name]["updates_per_s"].append(rate)
+                    if note and note not in notes:
+                        notes.append(note)
+                rates["sb3_sac"]["env_steps_per_s"].append(
+                    _loop_rate_sb3(task, scenario, protocol, steps=throughput_steps, warmup=warmup))
+                rates["sb3_sac"]["updates_per_s"].append(
+                    _update_rate_sb3(task, scenario, protocol, updates=throughput_updates, fill=len(transitions[0])))
+            medians = {name: {key: statistics.median(values) for key, values in rate.items()}
+                       for name, rate in rates.items()}
+            row: dict[str, Any] = {"task": task, "steps": throughput_steps, "updates": throughput_updates,
+                                   "repeats": repeats, "medians": medians, "samples": rates}
+            for name in ("dsac_t", "sac"):
+                for key in ("env_steps_per_s", "updates_per_s"):
+                    row[f"{name}_vs_sb3_{key}"] = medians[name][key] / medians["sb3_sac"][key]
+            throughput_rows.append(row)
+    return {"protocol": {"hidden": list(protocol.hidden), "activation": activation, "batch_size": batch_size,
+                         "learning_starts": learning_starts, "device": str(protocol.device), "compile": compile,
+                         "torch_threads": torch.get_num_threads(), "dsac_t_config": asdict(
+                             _ours_config("dsac_t", protocol, steps=steps))},
+            "learning": learning_rows, "throughput": throughput_rows, "notes": notes,
+            "wall_time_s": time.perf_counter() - started}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Plain-text tables of a :func:`bench_train` result (the CLI may render its own)."""
+    lines = []
+    if result["learning"]:
+        lines.append("learning: final deterministic return, mean +- 95% t-interval over seeds")
+        lines.append(f"{'task':<18}{'steps':>7}{'seeds':>6}  {'DSAC-T (ours)':>22}  {'SB3 SAC':>22}")
+        for row in result["learning"]:
+            ours, theirs = row["dsac_t"], row["sb3_sac"]
+            lines.append(f"{row['task']:<18}{row['steps']:>7}{row['seeds']:>6}  "
+                         f"{ours['mean']:>10.1f} +- {ours['half_width']:<9.1f}  "
+                         f"{theirs['mean']:>10.1f} +- {theirs['half_width']:<9.1f}")
+    if result["throughput"]:
+        lines.append("throughput: medians; ratio = ours / SB3 SAC")
+        lines.append(f"{'task':<18}{'side':<9}{'env steps/s':>13}{'ratio':>8}{'updates/s':>12}{'ratio':>8}")
+        for row in result["throughput"]:
+            medians = row["medians"]
+            for name in ("dsac_t", "sac", "sb3_sac"):
+                env_ratio = medians[name]["env_steps_per_s"] / medians["sb3_sac"]["env_steps_per_s"]
+                update_ratio = medians[name]["updates_per_s"] / medians["sb3_sac"]["updates_per_s"]
+                lines.append(f"{row['task']:<18}{name:<9}{medians[name]['env_steps_per_s']:>13.1f}{env_ratio:>8.2f}"
+                             f"{medians[name]['updates_per_s']:>12.1f}{update_ratio:>8.2f}")
+    lines.extend(f"note: {note}" for note in result["notes"])
+    return "\n".join(lines)
