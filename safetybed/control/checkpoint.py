@@ -98,6 +98,7 @@ def save_checkpoint(out_dir: str | Path, *, policy: Policy, obs_norm: ObsNormali
                     for name, tensor in obs_norm.state_dict().items()})
     weights_path = out_dir / WEIGHTS
     save_file(tensors, str(weights_path))
+    weights_path.chmod(0o644)  # safetensors writes 0600; a shipped checkpoint is meant to be read by others
     manifest = {
         "format": FORMAT,
         "algorithm": algorithm,

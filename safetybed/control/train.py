@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ def train_from_spec(spec_path: str | Path, *, steps: int | None = None, device: 
                        eval_episodes=spec.train.eval_episodes, vector=spec.train.vector,
                        logger=CSVLogger(out_dir / "training_log.csv"), progress=progress)
     result = algorithm_module(spec.algorithm).train(setup, config)
-    final = setup.evaluations[-1] if setup.evaluations else setup.evaluate(result.policy, result.obs_norm)
+    last = setup.evaluations[-1] if setup.evaluations else None
+    final = last if last and last["env_steps"] == result.env_steps else setup.evaluate(result.policy, result.obs_norm)
     save_checkpoint(out_dir, policy=result.policy.cpu(), obs_norm=result.obs_norm.cpu(), algorithm=spec.algorithm,
                     observation_space=setup.observation_space, action_space=setup.action_space,
                     config=dataclasses.asdict(config),
@@ -48,7 +50,7 @@ def train_from_spec(spec_path: str | Path, *, steps: int | None = None, device: 
                                      "device": str(setup.device)},
                            "network": spec.network.model_dump(),
                            "final_eval_return_mean": final["eval_return_mean"]})
-    summary = {"controller": spec.name, "algorithm": spec.algorithm, "checkpoint": str(out_dir),
+    summary = {"controller": spec.name, "algorithm": spec.algorithm, "checkpoint": os.path.relpath(out_dir),
                "env_steps": result.env_steps, "updates": result.updates, "wall_time_s": result.wall_time_s,
                "device": str(setup.device), "final_eval_return_mean": final["eval_return_mean"],
                "final_eval_return_std": final["eval_return_std"]}

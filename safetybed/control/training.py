@@ -45,11 +45,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 class CSVLogger:
-    """Appends one row per call to ``path``; columns are fixed by the first row (later new keys are dropped)."""
+    """One row per call in ``path``; a key that first appears in a later row widens the file (no key is lost)."""
 
     def __init__(self, path: Path | None):
         self.path = path
-        self.columns: list[str] | None = None
+        self.columns: list[str] = []
         self.rows: list[dict[str, float]] = []
 
     def log(self, row: dict[str, Any]) -> None:
@@ -58,13 +58,17 @@ class CSVLogger:
         self.rows.append(clean)
         if self.path is None:
             return
-        if self.columns is None:
-            self.columns = list(clean)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        new_columns = [key for key in clean if key not in self.columns]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if new_columns or not self.path.exists():
+            self.columns += new_columns
             with self.path.open("w", newline="", encoding="utf-8") as handle:
-                csv.DictWriter(handle, fieldnames=self.columns).writeheader()
+                writer = csv.DictWriter(handle, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+            return
         with self.path.open("a", newline="", encoding="utf-8") as handle:
-            csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore").writerow(clean)
+            csv.DictWriter(handle, fieldnames=self.columns).writerow(clean)
 
 
 @dataclass
@@ -103,6 +107,8 @@ class TrainSetup:
         # CPU generator for anything sampled on the host (e.g. replay indices built with torch).
         self.cpu_generator = torch.Generator()
         self.cpu_generator.manual_seed(int(torch_seq.generate_state(2)[1]))
+        # The same seeded evaluation episodes at every evaluation, so the learning curve compares like with like.
+        self._eval_seeds = [int(seed) for seed in self._eval_seq.generate_state(self.eval_episodes)]
         self._started = time.perf_counter()
         self._next_eval = self.eval_every_steps
         self.evaluations: list[dict[str, float]] = []
@@ -161,8 +167,9 @@ class TrainSetup:
         env = make_env(self.scenario)
         controller = PolicyController(policy, obs_norm, observation_space=env.observation_space,
                                       action_space=env.action_space, name="training-eval", device=str(self.device))
-        seeds = self._eval_seq.spawn(1)[0].generate_state(episodes or self.eval_episodes)
-        returns = [rollout(env, controller, seed=int(seed)).episode_return for seed in seeds]
+        count = episodes or self.eval_episodes
+        seeds = self._eval_seeds if count <= len(self._eval_seeds) else self._eval_seq.generate_state(count)
+        returns = [rollout(env, controller, seed=int(seed)).episode_return for seed in seeds[:count]]
         env.close()
         policy.train()
         return {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),

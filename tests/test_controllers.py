@@ -1,0 +1,87 @@
+"""Controller specs: each trains through the CLI on a tiny budget; shipped weights load and act via the runner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from safetybed.control.checkpoint import load_checkpoint
+from safetybed.errors import InputError
+from safetybed.spec.controller import load_controller_spec
+
+from .conftest import REPO_ROOT
+
+SPECS = sorted((REPO_ROOT / "controllers").glob("*.toml"))
+SHIPPED = [spec for spec in SPECS if load_controller_spec(spec).checkpoint_dir.exists()]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_controller_spec_is_shipped_with_weights():
+    assert SPECS, "controllers/ has no specs"
+    assert [spec.name for spec in SHIPPED] == [spec.name for spec in SPECS]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[spec.stem for spec in SPECS])
+def test_train_runs_on_a_tiny_budget(cli, tmp_path, spec):
+    code, stdout, stderr = cli("train", str(spec), "--steps", "64", "--device", "cpu", "--out", str(tmp_path),
+                               "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["env_steps"] >= 64
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint.manifest["algorithm"] == load_controller_spec(spec).spec.algorithm
+    assert (tmp_path / "training_log.csv").read_text().startswith("env_steps")
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=[spec.stem for spec in SHIPPED])
+def test_shipped_weights_act_through_the_runner(cli, tmp_path, spec):
+    loaded = load_controller_spec(spec)
+    code, stdout, stderr = cli("run", loaded.scenario_ref(), "--controller", str(spec), "--episodes", "3",
+                               "--store", str(tmp_path / "s.sqlite"), "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["episodes"] == 3 and summary["controller"] == str(spec)
+    manifest = load_checkpoint(loaded.checkpoint_dir).manifest
+    assert (loaded.checkpoint_dir / "weights.safetensors").stat().st_size < 200_000  # tens of KB
+    assert manifest["algorithm"] == loaded.spec.algorithm
+
+
+def test_tampered_checkpoint_is_refused(tmp_path):
+    import shutil
+
+    source = load_controller_spec(SHIPPED[0]).checkpoint_dir
+    copy = tmp_path / "ckpt"
+    shutil.copytree(source, copy)
+    weights = copy / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256"):
+        load_checkpoint(copy)
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('name = "x"\nalgorithm = "sac"\nscenario = "classic/pendulum"\ncheckpoint = "w"\n[hyper]\nlearning_rat = 1.0\n',
+     "hyper.learning_rat"),
+    ('name = "x"\nalgorithm = "a2c"\nscenario = "classic/pendulum"\ncheckpoint = "w"\n', "algorithm"),
+    ('name = "x"\nalgorithm = "sac"\nscenario = "classic/pendulum"\ncheckpoint = "w"\n[train]\nenvs = 0\n',
+     "train.envs"),
+    ('name = "x"\nalgorithm = "sac"\nscenario = "classic/pendulum"\ncheckpoint = "w"\n[network]\nwidth = 3\n',
+     "network.width"),
+])
+def test_malformed_controller_spec_exits_2(cli, tmp_path, text, field):
+    path = tmp_path / "bad.toml"
+    path.write_text(text, encoding="utf-8")
+    code, _, stderr = cli("train", str(path), "--steps", "10", "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert "bad.toml" in stderr and field in stderr and "Traceback" not in stderr
