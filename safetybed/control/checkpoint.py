@@ -12,57 +12,24 @@ the manifest's :class:`~safetybed.control.networks.PolicyArch` (no code comes fr
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from safetybed import __version__
 from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch
+from safetybed.control.spaces import sha256_file, space_from_json, space_to_json
 from safetybed.errors import InputError
 
 FORMAT = "safetybed-checkpoint/1"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _bound(values: np.ndarray) -> list[float | str]:
-    return [float(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf") for v in np.ravel(values)]
-
-
-def space_to_json(space: gym.Space) -> dict[str, Any]:
-    if isinstance(space, gym.spaces.Box):
-        return {"type": "box", "shape": list(space.shape), "low": _bound(space.low), "high": _bound(space.high)}
-    if isinstance(space, gym.spaces.Discrete):
-        return {"type": "discrete", "n": int(space.n), "start": int(space.start)}
-    raise TypeError(f"expected a Box or Discrete space, got {space}")
-
-
-def space_from_json(data: dict[str, Any]) -> gym.Space:
-    if data["type"] == "box":
-        shape = tuple(data["shape"])
-        low = np.array([float(v) for v in data["low"]], dtype=np.float32).reshape(shape)
-        high = np.array([float(v) for v in data["high"]], dtype=np.float32).reshape(shape)
-        return gym.spaces.Box(low, high, shape=shape, dtype=np.float32)
-    if data["type"] == "discrete":
-        return gym.spaces.Discrete(int(data["n"]), start=int(data.get("start", 0)))
-    raise ValueError(f"space type: expected box|discrete, got {data['type']!r}")
 
 
 @dataclass

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from safetybed.control.base import Controller
+from safetybed.control.spaces import sha256_file, space_from_json
 from safetybed.errors import InputError
 
 FORMAT = "safetybed-bundle/1"
@@ -53,31 +54,10 @@ REQUIRED_FIELDS = ("format", "controller", "model_file", "files", "observation_s
 AdaptHook = Callable[[np.ndarray, np.ndarray, dict[str, Any]], None]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def manifest_digest(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest's canonical JSON without its ``manifest_sha256`` field."""
     body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
-
-
-def space_from_json(data: dict[str, Any]) -> gym.Space:
-    """The inverse of ``safetybed.control.checkpoint.space_to_json`` (kept here so the runtime does not
-    import the checkpoint/network modules)."""
-    if data["type"] == "box":
-        shape = tuple(data["shape"])
-        low = np.array([float(v) for v in data["low"]], dtype=np.float32).reshape(shape)
-        high = np.array([float(v) for v in data["high"]], dtype=np.float32).reshape(shape)
-        return gym.spaces.Box(low, high, shape=shape, dtype=np.float32)
-    if data["type"] == "discrete":
-        return gym.spaces.Discrete(int(data["n"]), start=int(data.get("start", 0)))
-    raise ValueError(f"space type: expected box|discrete, got {data['type']!r}")
 
 
 def jit_load(path: Path, *, device: str = "cpu") -> torch.jit.ScriptModule:

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from safetybed.control.algorithms.replay import Batch, ReplayBuffer
-from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch, QNetwork
+from safetybed.control.algorithms.offpolicy import train_off_policy
+from safetybed.control.algorithms.replay import Batch
+from safetybed.control.networks import Policy, PolicyArch, QNetwork
 from safetybed.control.training import TrainResult, TrainSetup
 
 #: Names of the terms ``update`` returns (see its docstring for when each is present).
@@ -258,56 +258,4 @@ def train(setup: TrainSetup, config: Config) -> TrainResult:
     device = setup.device
     arch = setup.policy_arch("tanh_gaussian", log_std_min=config.log_std_min, log_std_max=config.log_std_max)
     agent = SAC(arch, config, device=device, generator=setup.generator, init_generator=setup.cpu_generator)
-    obs_norm = setup.obs_normalizer()
-    buffer = ReplayBuffer(capacity=min(config.buffer_size, setup.steps), obs_dim=arch.obs_dim,
-                          act_dim=arch.act_dim, device=device)
-    low = np.asarray(arch.action_low, dtype=np.float32)
-    high = np.asarray(arch.action_high, dtype=np.float32)
-
-    def as_tensor(array: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(array, device=device, dtype=torch.float32)
-
-    env = setup.make_vec_env()
-    obs = setup.reset_vec_env(env)
-    obs_norm.update(as_tensor(obs))
-    env_steps = updates = owed_steps = 0
-    # Every term starts as NaN, so the first logged row (and the CSV header) has all columns.
-    latest = {term: torch.tensor(math.nan, device=device) for term in LOSS_TERMS}
-    while env_steps < setup.steps:
-        if env_steps < config.learning_starts:
-            action = setup.rng.uniform(low, high, size=(setup.envs, arch.act_dim)).astype(np.float32)
-        else:
-            with torch.no_grad():
-                action = agent.actor.act_stochastic(obs_norm(as_tensor(obs)), generator=setup.generator)
-            action = action.cpu().numpy()
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        # SAME_STEP autoreset: next_obs holds reset observations where an episode ended; the transition
-        # needs the real last observation. Bootstrapping stops on termination only, not on truncation.
-        final_obs = next_obs.copy()
-        if "_final_obs" in info:
-            for index in np.flatnonzero(info["_final_obs"]):
-                final_obs[index] = info["final_obs"][index]
-        buffer.add(obs, action, reward, final_obs, terminated)
-        obs_norm.update(as_tensor(next_obs))
-        obs = next_obs
-        env_steps += setup.envs
-
-        if env_steps > config.learning_starts:  # as SB3: learning_starts steps, then the first update
-            owed_steps += setup.envs
-            while owed_steps >= config.env_steps_per_round:
-                owed_steps -= config.env_steps_per_round
-                for _ in range(config.updates_per_round):
-                    latest.update(agent.update(_normalised(buffer.sample(config.batch_size,
-                                                                         generator=setup.generator), obs_norm)))
-                    updates += 1
-        setup.maybe_evaluate(env_steps, agent.actor, obs_norm, extra=latest)
-    env.close()
-    if not setup.evaluations or setup.evaluations[-1]["env_steps"] != env_steps:
-        setup.maybe_evaluate(env_steps, agent.actor, obs_norm, extra=latest, force=True)
-    return setup.result(agent.actor, obs_norm, env_steps=env_steps, updates=updates)
-
-
-def _normalised(batch: Batch, obs_norm: ObsNormalizer) -> Batch:
-    if not obs_norm.enabled:
-        return batch
-    return batch._replace(obs=obs_norm(batch.obs), next_obs=obs_norm(batch.next_obs))
+    return train_off_policy(setup, agent, arch=arch, config=config, loss_terms=LOSS_TERMS)
