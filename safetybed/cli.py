@@ -38,7 +38,8 @@ app.add_typer(scenarios_app, name="scenarios")
 app.add_typer(runs_app, name="runs")
 app.add_typer(bench_app, name="bench")
 
-out = Console()
+# Piped output (logs, CI) gets a wide fixed width so tables are not folded into 80 columns.
+out = Console() if sys.stdout.isatty() else Console(width=160)
 err = Console(stderr=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
@@ -190,8 +191,9 @@ def runs_list(store: StoreOption = None, as_json: JsonFlag = False) -> None:
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"runs in {_store_path(store)}")
-    for column in ("run id", "created (UTC)", "scenario", "controller", "seed", "episodes", "status"):
-        table.add_column(column)
+    table.add_column("run id", no_wrap=True)
+    for column in ("created (UTC)", "scenario", "controller", "seed", "episodes", "status"):
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row["run_id"], row["created_utc"], row["scenario"], row["controller"], str(row["seed"]),
                       f"{row['episodes_done']}/{row['episodes']}", row["status"])
