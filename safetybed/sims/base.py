@@ -34,6 +34,7 @@ from typing import Any, TypedDict
 import gymnasium as gym
 import numpy as np
 
+from safetybed.sims.framestack import FrameStack
 from safetybed.spec import ScenarioSpec
 
 
@@ -138,12 +139,18 @@ def neutral_action(space: gym.Space) -> Any:
 
 
 def apply_perturbations(env: gym.Env, spec: ScenarioSpec) -> gym.Env:
-    """Wrap ``env`` with the spec's ``[perturbations]`` (observation noise outermost)."""
+    """Wrap ``env`` with the spec's ``[perturbations]``: action delay, observation noise, frame stacking outermost.
+
+    Stacking wraps the noise so that every raw frame gets one noise draw, as policy smoothing requires
+    (Kumar, Levine & Feizi 2022: ``FrameStack(NoisyObsWrapper(env, sigma), k)``).
+    """
     perturb = spec.perturbations
     if perturb.action_delay_steps:
         env = ActionDelay(env, delay_steps=perturb.action_delay_steps, neutral_action=neutral_action(env.action_space))
     if perturb.observation_noise_std > 0:
         env = ObservationNoise(env, std=perturb.observation_noise_std)
+    if perturb.frame_stack > 1:
+        env = FrameStack(env, frames=perturb.frame_stack)
     return env
 
 

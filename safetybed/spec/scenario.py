@@ -44,11 +44,15 @@ class PerturbationSpec(StrictModel):
     """Perturbations applied by the adapter, identical for every simulator.
 
     ``observation_noise_std`` is in the observation's own units (Gaussian, fresh every step);
-    ``action_delay_steps`` holds each action back by that many control steps (zeros at the start).
+    ``action_delay_steps`` holds each action back by that many control steps (zeros at the start);
+    ``frame_stack`` shows the controller its last k observations (after the noise: one draw per raw frame),
+    oldest first, as one flat vector; the first observation of an episode fills every slot
+    (:mod:`safetybed.sims.framestack`).
     """
 
     observation_noise_std: float = Field(0.0, ge=0, le=100)
     action_delay_steps: int = Field(0, ge=0, le=50)
+    frame_stack: int = Field(1, ge=1, le=64)
 
 
 class MetricsSpec(StrictModel):

@@ -1,0 +1,614 @@
+"""``safetybed certify CERT_SPEC``: smoothed episodes through the batch runner, certificates, attacks, report.
+
+Steps (Kumar, Levine & Feizi 2022; ``research/policy_smoothing.md`` §1(d) "pseudo-code for a full run"):
+
+1. **Clean smoothed episodes.** The runner plays the *base* controller on the spec's scenario with
+   ``perturbations.observation_noise_std = sigma`` (:func:`~safetybed.certify.smoothing.smoothed_scenario`):
+   fresh N(0, sigma^2 I) noise on every raw observation, before frame stacking, never clipped. That is the
+   smoothed controller, episode for episode equal in distribution to
+   :class:`~safetybed.certify.smoothing.SmoothedController` on the noise-free scenario (and draw for draw equal
+   when it uses the scenario's noise stream; see :mod:`safetybed.certify.smoothing`). The episodes are an
+   ordinary run in the run store: parallel (``workers``), seeded per episode, resumable; running the same spec
+   again against the same store reuses (or finishes) the run instead of starting a new one.
+2. **Certificates.** At every budget ``B`` of the spec, the estimator of the spec's ``quantity``
+   (:mod:`safetybed.certify.estimators`) turns the ``n`` clean returns into a lower bound that holds with
+   probability ``>= 1 - alpha`` over the sampled episodes, for every adversary with total l2 budget ``B``
+   (``sqrt(sum_t ||delta_t||^2) <= B``, observation units). The DKW, integer and binary estimators bound
+   every ``B`` simultaneously (one confidence event); the percentile bound does with its default DKW
+   correction.
+3. **Attacks as sanity checks** (§3.3): the budget-carryover PGD attack of :mod:`safetybed.certify.attack`
+   at every ``B``, for every configuration of ``[attack]``; the worst (lowest) configuration per ``B`` must
+   satisfy ``attacked mean + 3 SEM >= certificate`` (a quantile: its distribution-free upper confidence
+   bound at the same one-sided level, 0.99865). A failed check is a *violation*: a bug, or a certificate
+   that does not hold. The unsmoothed base controller is attacked at the largest ``B`` as a control.
+4. ``certificate.json`` (inputs, sample counts, alpha, weight sha256, versions, certified values, clean
+   estimate, run id, attacks, violations) and a self-contained ``report.html``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from scipy import stats
+
+from safetybed import __version__
+from safetybed.certify import estimators
+from safetybed.certify.smoothing import frame_stack_of, smoothed_scenario
+from safetybed.control.checkpoint import Checkpoint, load_checkpoint, sha256_file
+from safetybed.errors import InputError, SpecError
+from safetybed.runner import RunStore, resume_run, start_run
+from safetybed.spec import ScenarioSpec
+from safetybed.spec.certify import AttackSpec, LoadedCertifySpec, load_certify_spec
+
+FORMAT = "safetybed-certificate/1"
+#: One-sided level of the attack check: ``mean + 3 SEM`` is a 0.99865 upper confidence bound (normal).
+CHECK_SIGMAS = 3.0
+#: Default output folder: ``certificates/<spec name>/``.
+DEFAULT_OUT = Path("certificates")
+#: Budgets of the certified curve drawn in the report (besides the spec's own).
+CURVE_POINTS = 41
+
+ProgressCallback = Callable[[int, int], None]
+ProgressFactory = Callable[[str], AbstractContextManager[ProgressCallback | None]]
+
+
+# -- resolving a spec -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Certification:
+    """A certification spec with everything it references loaded and checked."""
+
+    loaded: LoadedCertifySpec
+    controller_path: Path
+    #: The controller reference stored with the run (the controller spec path, relative to the cwd if inside it).
+    controller_ref: str
+    checkpoint: Checkpoint
+    deterministic: bool
+    scenario: ScenarioSpec
+    scenario_path: Path
+    #: ``scenario`` with the smoothing noise (what the runner plays).
+    run_scenario: ScenarioSpec
+    frame_stack: int
+    return_range: tuple[float, float]
+    #: ``episode_steps`` for scenarios whose return is a whole number in ``[0, episode_steps]`` (CartPole).
+    integer_r_max: int | None
+    #: ``dkw`` | ``integer`` | ``binary`` | ``percentile``.
+    estimator: str
+
+    @property
+    def spec(self):
+        return self.loaded.spec
+
+    @property
+    def path(self) -> Path:
+        return self.loaded.path
+
+
+def _reference(path: Path) -> str:
+    resolved = path.resolve()
+    try:
+        return os.path.relpath(resolved)
+    except ValueError:  # another drive (Windows)
+        return str(resolved)
+
+
+def integer_return_max(scenario: ScenarioSpec) -> int | None:
+    """``episode_steps`` when every return of the scenario is an integer in ``[0, episode_steps]``, else ``None``.
+
+    CartPole pays +1 per step (``safetybed.sims.classic``), so its return is the episode length.
+    """
+    if scenario.simulator == "classic" and scenario.task == "cartpole":
+        return int(scenario.episode_steps)
+    return None
+
+
+def resolve_certification(path: str | Path) -> Certification:
+    """Load a certification spec and everything it names; :class:`SpecError` (exit 2) on any problem."""
+    from safetybed.catalogue import load_scenario_arg
+    from safetybed.sims import make_env
+    from safetybed.spec.controller import load_controller_spec
+
+    loaded = load_certify_spec(path)
+    spec = loaded.spec
+    controller_path = loaded.controller_path()
+    controller_spec = load_controller_spec(controller_path)
+    if not controller_spec.checkpoint_dir.exists():
+        raise SpecError(loaded.path, "controller", f"{controller_path}: checkpoint folder "
+                        f"{controller_spec.checkpoint_dir} does not exist; train it with safetybed train "
+                        f"{controller_path}")
+    checkpoint = load_checkpoint(controller_spec.checkpoint_dir)
+    try:
+        scenario, scenario_path = load_scenario_arg(loaded.scenario_ref())
+    except SpecError as error:
+        raise SpecError(loaded.path, "scenario", str(error)) from None
+    if scenario.perturbations.observation_noise_std:
+        raise SpecError(loaded.path, "scenario", f"{scenario.name!r} adds observation noise "
+                        f"(observation_noise_std = {scenario.perturbations.observation_noise_std:g}); the "
+                        f"certification adds the smoothing noise sigma itself, so give the noise-free scenario "
+                        f"(e.g. classic/cartpole instead of classic/cartpole_noisy)")
+    run_scenario = smoothed_scenario(scenario, sigma=spec.sigma)
+    env = make_env(scenario)
+    try:
+        observation_shape = env.observation_space.shape
+        return_range = tuple(float(v) for v in env.unwrapped.return_range)
+    finally:
+        env.close()
+    if tuple(observation_shape) != (checkpoint.policy.arch.obs_dim,):
+        raise SpecError(loaded.path, "controller", f"{controller_path} reads {checkpoint.policy.arch.obs_dim}-d "
+                        f"observations but scenario {scenario.name!r} gives {observation_shape}")
+    integer_r_max = integer_return_max(scenario)
+    if spec.quantity == "expected_return":
+        if spec.estimator == "integer" and integer_r_max is None:
+            raise SpecError(loaded.path, "estimator", f"\"integer\" needs whole-number returns in [0, r_max] "
+                            f"(CartPole); scenario {scenario.name!r} has real-valued returns: use \"dkw\" or \"auto\"")
+        estimator = "integer" if spec.estimator in ("auto", "integer") and integer_r_max is not None else "dkw"
+    elif spec.quantity == "percentile":
+        estimator = "percentile"
+    else:
+        estimator = "binary"
+    return Certification(loaded=loaded, controller_path=controller_path, controller_ref=_reference(controller_path),
+                         checkpoint=checkpoint, deterministic=controller_spec.spec.deterministic,
+                         scenario=scenario, scenario_path=Path(scenario_path), run_scenario=run_scenario,
+                         frame_stack=frame_stack_of(scenario), return_range=return_range,
+                         integer_r_max=integer_r_max, estimator=estimator)
+
+
+# -- certificates -------------------------------------------------------------------------------------------
+def certified_bound(cert: Certification, outcomes: dict[str, np.ndarray], budget: float) -> estimators.CertifiedBound:
+    """The certificate of ``cert``'s quantity at one budget, from the clean episodes' ``outcomes``."""
+    spec = cert.spec
+    common = {"sigma": spec.sigma, "budget": float(budget), "alpha": spec.alpha}
+    returns = outcomes["returns"]
+    if cert.estimator == "integer":
+        return estimators.expectation_bound_integer(np.round(returns), r_max=cert.integer_r_max, **common)
+    if cert.estimator == "dkw":
+        return estimators.expectation_bound_dkw(returns, r_min=cert.return_range[0], **common)
+    if cert.estimator == "percentile":
+        return estimators.percentile_bound(returns, p=spec.p, r_min=cert.return_range[0], **common)
+    events = outcomes["no_collision"] if spec.quantity == "no_collision" else outcomes["success"]
+    return estimators.binary_bound(int(events.sum()), int(events.size), **common)
+
+
+def _clean_statistic(cert: Certification, outcomes: dict[str, np.ndarray]) -> dict[str, float]:
+    """The plain (uncertified) estimate of the quantity on the clean smoothed episodes, with its SEM."""
+    quantity = cert.spec.quantity
+    if quantity == "percentile":
+        values = np.sort(outcomes["returns"])
+        return {"estimate": float(values[max(math.ceil(values.size * cert.spec.p - 1e-9), 1) - 1]), "sem": math.nan}
+    values = outcomes["returns"] if quantity == "expected_return" else outcomes[quantity].astype(float)
+    sem = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.inf
+    return {"estimate": float(values.mean()), "sem": sem}
+
+
+def _outcomes(records: list) -> dict[str, np.ndarray]:
+    return {"returns": np.array([r.episode_return for r in records], dtype=float),
+            "no_collision": np.array([not r.collision for r in records], dtype=bool),
+            "success": np.array([r.success for r in records], dtype=bool)}
+
+
+def _histogram(values: np.ndarray, *, bins: int = 40) -> dict[str, list[float]]:
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+# -- the clean smoothed episodes ----------------------------------------------------------------------------
+# The runner stores the controller *reference* (a spec path), not the weights it loaded; a run played before the
+# weights were retrained must not be reused for the new ones. This table (in the same store) records the weights'
+# sha256 each certification run was played with.
+_PROVENANCE_TABLE = ("CREATE TABLE IF NOT EXISTS certify_runs (run_id TEXT PRIMARY KEY REFERENCES runs(run_id), "
+                     "weights_sha256 TEXT NOT NULL)")
+
+
+def _record_provenance(store: RunStore, run_id: str, weights_sha256: str) -> None:
+    store.conn.execute(_PROVENANCE_TABLE)
+    store.conn.execute("INSERT OR REPLACE INTO certify_runs VALUES (?, ?)", (run_id, weights_sha256))
+
+
+def _matching_run(store: RunStore, *, scenario_json: str, controller: str, seed: int, episodes: int,
+                  weights_sha256: str) -> str | None:
+    store.conn.execute(_PROVENANCE_TABLE)
+    played_with = dict(store.conn.execute("SELECT run_id, weights_sha256 FROM certify_runs").fetchall())
+    for info, _done in reversed(store.list_runs()):
+        if (info.scenario_json == scenario_json and info.controller == controller and info.seed == seed
+                and info.episodes == episodes and played_with.get(info.run_id) == weights_sha256):
+            return info.run_id
+    return None
+
+
+def run_clean_episodes(cert: Certification, *, store: RunStore, episodes: int, workers: int, executor: str = "local",
+                       progress: ProgressCallback | None = None) -> tuple[str, str]:
+    """Play (or reuse, or finish) the run of clean smoothed episodes; returns ``(run_id, how)``.
+
+    ``how`` is ``"new"``, ``"resumed"`` or ``"reused"``. A run is reused only if it has the same smoothed
+    scenario, controller reference, seed and episode count and was played with the same weights (sha256).
+    """
+    scenario_json = cert.run_scenario.model_dump_json()
+    weights_sha256 = cert.checkpoint.weights_sha256
+    existing = _matching_run(store, scenario_json=scenario_json, controller=cert.controller_ref,
+                             seed=cert.spec.seed, episodes=episodes, weights_sha256=weights_sha256)
+    if existing is not None:
+        if len(store.done_indices(existing)) == episodes:
+            if progress:
+                progress(episodes, episodes)
+            return existing, "reused"
+        return resume_run(existing, store=store, workers=workers, executor=executor, progress=progress), "resumed"
+    run_id = start_run(cert.run_scenario, scenario_path=cert.scenario_path, controller=cert.controller_ref,
+                       episodes=episodes, seed=cert.spec.seed, workers=workers, executor=executor, store=store,
+                       progress=progress, on_created=lambda created: _record_provenance(store, created, weights_sha256))
+    return run_id, "new"
+
+
+# -- attacks ------------------------------------------------------------------------------------------------
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run torch on ``count`` intra-op threads inside the block.
+
+    The attack evaluates a small MLP thousands of times per step on a few thousand rows; at that size the
+    per-op thread hand-off costs more than it saves, and on a busy machine two spinning threads per op made
+    it ~10x slower than one (measured: 1000 tanh calls on 640 x 64 floats, 1.45 s vs 0.13 s).
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _OutcomeRecorder(gym.Wrapper):
+    """Remembers whether its episode collided / succeeded (the attack returns only returns and lengths)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.collision = False
+        self.success = False
+
+    def reset(self, **kwargs: Any):
+        self.collision = self.success = False
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.collision = self.collision or bool(info["safety"]["collision"])
+        self.success = bool(info["safety"]["success"])
+        return obs, reward, terminated, truncated, info
+
+
+def attack_configurations(attack: AttackSpec, *, discrete: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``[attack]`` configurations that apply to the controller, and notes on those skipped."""
+    configurations: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for rule in attack.spend_rules:
+        if rule == "flip":
+            if not discrete:
+                skipped.append("spend_rule 'flip' skipped: it needs discrete actions")
+                continue
+            configurations += [{"spend_rule": "flip", "min_log_prob_gap": float(gap)}
+                               for gap in attack.min_log_prob_gaps]
+        else:
+            configurations += [{"spend_rule": "fraction", "spend_fraction": float(fraction)}
+                               for fraction in attack.spend_fractions]
+    return configurations, skipped
+
+
+def _attacked_statistic(quantity: str, values: np.ndarray, p: float | None) -> dict[str, float]:
+    """Attacked estimate, its SEM and the upper confidence bound the check compares with the certificate."""
+    n = values.size
+    if quantity == "percentile":
+        ordered = np.sort(values)
+        estimate = float(ordered[max(math.ceil(n * p - 1e-9), 1) - 1])
+        # Distribution-free upper bound on the p-quantile: X_(k), k the smallest index with
+        # P[Binomial(n, p) <= k - 1] >= level (then P[X_(k) < q_p] <= 1 - level).
+        level = stats.norm.cdf(CHECK_SIGMAS)
+        k = int(np.searchsorted(stats.binom.cdf(np.arange(n), n, p), level) + 1)
+        upper = float(ordered[k - 1]) if k <= n else math.inf
+        return {"estimate": estimate, "sem": math.nan, "upper": upper}
+    sem = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+    mean = float(values.mean())
+    return {"estimate": mean, "sem": sem, "upper": mean + CHECK_SIGMAS * sem}
+
+
+def run_attack(cert: Certification, *, budget: float, configuration: dict[str, Any], episodes: int,
+               sigma: float | None) -> dict[str, Any]:
+    """One attack configuration at one budget; returns the JSON-able summary for ``certificate.json``."""
+    from safetybed.certify.attack import attack_episodes
+    from safetybed.sims import make_env
+
+    attack = cert.spec.attack
+    scenario = cert.scenario
+    options: dict[str, Any] = {}
+    if cert.frame_stack > 1:
+        options["frame_stack"] = cert.frame_stack
+        scenario = scenario.model_copy(update={"perturbations": scenario.perturbations.model_copy(
+            update={"frame_stack": 1})})
+    scenario_json = scenario.model_dump_json()
+    envs: list[_OutcomeRecorder] = []
+
+    def factory() -> gym.Env:
+        envs.append(_OutcomeRecorder(make_env(ScenarioSpec.model_validate_json(scenario_json))))
+        return envs[-1]
+
+    started = time.perf_counter()
+    with torch_threads(1):
+        result = attack_episodes(policy=cert.checkpoint.policy, obs_norm=cert.checkpoint.obs_norm, scenario=factory,
+                                 sigma=sigma, budget=float(budget), episodes=episodes, seed=attack.seed,
+                                 pgd_steps=attack.pgd_steps, noise_samples=attack.noise_samples, **configuration,
+                                 **options)
+    quantity = cert.spec.quantity
+    if quantity in ("expected_return", "percentile"):
+        values = np.asarray(result.returns, dtype=float)
+    elif quantity == "no_collision":
+        values = np.array([not env.collision for env in envs], dtype=float)
+    else:
+        values = np.array([env.success for env in envs], dtype=float)
+    return {"budget": float(budget), "sigma": sigma, "configuration": configuration, "episodes": result.n,
+            **_attacked_statistic(quantity, values, cert.spec.p), "mean_return": result.mean,
+            "budget_spent_mean": result.budget_spent_mean, "budget_spent_max": result.budget_spent_max,
+            "attacked_steps_mean": float(np.mean(result.attacked_steps)), "method": result.method,
+            "wall_time_s": time.perf_counter() - started}
+
+
+def run_attacks(cert: Certification, certified: dict[float, float], *, episodes: int,
+                progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Every configuration at every budget, the per-budget worst case and its check, and the unsmoothed control."""
+    attack = cert.spec.attack
+    discrete = cert.checkpoint.policy.arch.kind == "categorical"
+    configurations, skipped = attack_configurations(attack, discrete=discrete)
+    summary: dict[str, Any] = {"episodes": episodes, "settings": attack.model_dump(), "configurations": configurations,
+                               "skipped": skipped, "check": f"attacked estimate + {CHECK_SIGMAS:g} SEM >= certificate "
+                               f"(percentile: upper {stats.norm.cdf(CHECK_SIGMAS):.5f} confidence bound)",
+                               "per_budget": [], "runs": [], "control": None, "violations": [],
+                               "configurations_tried": 0, "attacked_episodes": 0}
+    if episodes == 0 or not configurations:
+        summary["not_run"] = ("not run: [attack] episodes = 0" if episodes == 0
+                              else "not run: no attack configuration applies to this controller")
+        return summary
+    total = len(certified) * len(configurations) + 1
+    done = 0
+    for budget, bound in certified.items():
+        runs = []
+        for configuration in configurations:
+            runs.append(run_attack(cert, budget=budget, configuration=configuration, episodes=episodes,
+                                   sigma=cert.spec.sigma))
+            done += 1
+            if progress:
+                progress(done, total)
+        worst = min(runs, key=lambda run: run["estimate"])
+        passed = bool(worst["upper"] >= bound - 1e-9)
+        row = {"budget": budget, "certified": bound, "attacked": worst["estimate"], "attacked_sem": worst["sem"],
+               "attacked_upper": worst["upper"], "worst_configuration": worst["configuration"], "pass": passed}
+        summary["per_budget"].append(row)
+        summary["runs"] += runs
+        if not passed:
+            summary["violations"].append(row)
+    largest = max(certified)
+    control_configuration = configurations[0]
+    summary["control"] = run_attack(cert, budget=largest, configuration=control_configuration, episodes=episodes,
+                                    sigma=None)
+    summary["control"]["note"] = ("the unsmoothed base controller under the same attack at the largest budget: "
+                                  "shows the attack has teeth (no certificate applies to it)")
+    if progress:
+        progress(total, total)
+    summary["configurations_tried"] = len(certified) * len(configurations) + 1
+    summary["attacked_episodes"] = summary["configurations_tried"] * episodes
+    return summary
+
+
+# -- provenance ---------------------------------------------------------------------------------------------
+def package_versions(simulator: str) -> dict[str, str]:
+    """Versions of Python and of the packages a certificate depends on."""
+    names = ["torch", "numpy", "scipy", "gymnasium", "pydantic"]
+    names += {"highway": ["highway-env"], "bullet": ["pybullet", "panda-gym"], "classic": []}[simulator]
+    versions = {"safetybed": __version__, "python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def certificate_digest(certificate: dict[str, Any]) -> str:
+    """sha256 of the certificate's canonical JSON without its id, creation time, wall times, file names and
+    whether its run was new, reused or resumed: the same run and settings give the same id."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()
+                    if k not in ("certificate_id", "created_utc", "wall_time_s", "files", "run")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    body = strip(certificate)
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+# -- the command ------------------------------------------------------------------------------------------
+def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_episodes: int | None = None,
+                      out_dir: str | Path | None = None, store_path: str | Path | None = None, workers: int = 1,
+                      executor: str = "local", progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """Run a certification spec end to end; writes ``certificate.json`` and ``report.html`` into ``out_dir``.
+
+    Args:
+        path: the certification spec (``certify/*.toml``).
+        episodes: clean smoothed episodes (default: the spec's ``episodes``).
+        attack_episodes: episodes per attack configuration and budget (default: the spec's ``[attack]
+            episodes``; 0 skips the attacks).
+        out_dir: output folder (default ``certificates/<spec name>``).
+        store_path: SQLite run store (default ``runs/safetybed.sqlite``).
+        workers / executor: how the runner plays the clean episodes (results do not depend on them).
+        progress: ``progress(description)`` returns a context manager yielding a ``(done, total)`` callback
+            or ``None`` (the CLI's ``progress_bar``).
+
+    Returns:
+        The certificate (the content of ``certificate.json``) with ``files`` naming what was written.
+
+    Raises:
+        SpecError / InputError: a bad spec, reference, flag or store (exit code 2).
+    """
+    from safetybed.report.certificate import published_reference, write_report
+    from safetybed.runner import DEFAULT_STORE
+
+    started = time.perf_counter()
+    cert = resolve_certification(path)
+    spec = cert.spec
+    n_planned = spec.episodes if episodes is None else int(episodes)
+    if n_planned < 2:
+        raise InputError(f"--episodes: expected >= 2, got {n_planned}")
+    n_attack = spec.attack.episodes if attack_episodes is None else int(attack_episodes)
+    if n_attack < 0 or n_attack == 1:
+        raise InputError(f"--attack-episodes: expected 0 (no attacks) or >= 2, got {n_attack}")
+    out = Path(out_dir) if out_dir is not None else DEFAULT_OUT / spec.name
+    store_file = Path(store_path) if store_path is not None else DEFAULT_STORE
+    progress = progress or (lambda _name: nullcontext(None))
+
+    with RunStore(store_file) as store:
+        with progress(f"certify {spec.name}: clean smoothed episodes") as callback:
+            run_id, how = run_clean_episodes(cert, store=store, episodes=n_planned, workers=workers,
+                                             executor=executor, progress=callback)
+        records = store.episodes(run_id)
+    outcomes = _outcomes(records)
+    budgets = [float(b) for b in spec.budgets]
+    results = {budget: certified_bound(cert, outcomes, budget) for budget in budgets}
+    at_zero = certified_bound(cert, outcomes, 0.0)
+    curve_budgets = sorted(set(np.linspace(0.0, max(budgets), CURVE_POINTS).round(10).tolist()) | set(budgets))
+    curve = [certified_bound(cert, outcomes, budget).bound for budget in curve_budgets]
+    clean = _clean_statistic(cert, outcomes)
+
+    with progress(f"certify {spec.name}: attacks") as callback:
+        attacks = run_attacks(cert, {b: r.bound for b, r in results.items()}, episodes=n_attack, progress=callback)
+
+    manifest = cert.checkpoint.manifest
+    certificate: dict[str, Any] = {
+        "format": FORMAT,
+        "certificate_id": "",
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "name": spec.name,
+        "description": spec.description,
+        "spec": {"path": str(cert.path), "sha256": sha256_file(cert.path), "content": spec.model_dump()},
+        "guarantee": (f"With probability >= {1 - spec.alpha:g} over the {len(records)} sampled episodes, for every "
+                      f"adaptive adversary whose observation perturbations over an episode have total l2 norm "
+                      f"sqrt(sum_t ||delta_t||^2) <= B (observation units), the smoothed controller's "
+                      f"{_quantity_words(spec.quantity, spec.p)} is at least the certified value at B "
+                      f"(Kumar, Levine & Feizi 2022). It holds for the scenario's start-state distribution and "
+                      f"dynamics as run here."),
+        "quantity": spec.quantity,
+        "p": spec.p,
+        "estimator": cert.estimator,
+        "method": at_zero.method,
+        "alpha": spec.alpha,
+        "confidence": 1 - spec.alpha,
+        "sigma": spec.sigma,
+        "smoothing": {"sigma": spec.sigma, "frame_stack": cert.frame_stack,
+                      "noise": "fresh N(0, sigma^2 I) on every raw observation at every step, before frame stacking "
+                               "and observation normalisation, not clipped",
+                      "applied_by": "the scenario's perturbations.observation_noise_std (runner episodes); equal in "
+                                    "distribution to SmoothedController on the noise-free scenario"},
+        "controller": {"spec": cert.controller_ref, "checkpoint": _reference(cert.checkpoint.path),
+                       "weights_sha256": cert.checkpoint.weights_sha256, "algorithm": manifest.get("algorithm"),
+                       "deterministic": cert.deterministic, "policy": manifest.get("policy"),
+                       "trained_with_observation_noise_std": manifest.get("train", {}).get("observation_noise_std")},
+        "scenario": {"name": cert.scenario.name, "path": str(cert.scenario_path), "simulator": cert.scenario.simulator,
+                     "task": cert.scenario.task, "episode_steps": cert.scenario.episode_steps,
+                     "return_range": list(cert.return_range), "integer_r_max": cert.integer_r_max,
+                     "spec": cert.scenario.model_dump(), "run_spec_sha256": hashlib.sha256(
+                         cert.run_scenario.model_dump_json().encode()).hexdigest()},
+        "samples": {"episodes": len(records), "planned": n_planned, "spec_episodes": spec.episodes,
+                    "run_id": run_id, "run": how, "run_seed": spec.seed, "store": str(store_file),
+                    "workers": workers, "executor": executor},
+        "clean": {"estimate": clean["estimate"], "sem": clean["sem"], "mean_return": float(outcomes["returns"].mean()),
+                  "return_std": float(outcomes["returns"].std(ddof=1)),
+                  "return_min": float(outcomes["returns"].min()), "return_max": float(outcomes["returns"].max()),
+                  "no_collision_rate": float(outcomes["no_collision"].mean()),
+                  "success_rate": float(outcomes["success"].mean()),
+                  "certified_at_zero": at_zero.bound, "histogram": _histogram(outcomes["returns"])},
+        "certified": [{"budget": b, "budget_over_sigma": round(b / spec.sigma, 12), "certified": r.bound, "estimate": r.estimate,
+                       "n": r.n, "method": r.method} for b, r in results.items()],
+        "curve": {"budgets": curve_budgets, "certified": curve},
+        "attacks": attacks,
+        "violations": len(attacks["violations"]),
+        "reference": published_reference(cert.scenario.simulator, cert.scenario.task, spec.sigma, spec.quantity,
+                                         cert.scenario.episode_steps),
+        "versions": package_versions(cert.scenario.simulator),
+    }
+    certificate = _json_safe(certificate)
+    certificate["certificate_id"] = certificate_digest(certificate)[:16]
+    certificate["wall_time_s"] = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "certificate.json"
+    report_path = out / "report.html"
+    certificate["files"] = {"certificate": str(json_path), "report": str(report_path)}
+    json_path.write_text(json.dumps(certificate, indent=2), encoding="utf-8")
+    write_report(certificate, report_path)
+    return certificate
+
+
+def attack_from_spec(path: str | Path, *, budget: float, episodes: int | None = None,
+                     progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """``safetybed attack CERT_SPEC --budget B``: every ``[attack]`` configuration at one budget, plus the control.
+
+    No certificate is computed (``safetybed certify`` does that); the result lists each configuration's
+    attacked estimate of the spec's quantity with its SEM, the worst one, and the unsmoothed controller.
+    """
+    if not (math.isfinite(budget) and budget >= 0):
+        raise InputError(f"--budget: expected a finite value >= 0 (total l2 norm, observation units), got {budget}")
+    cert = resolve_certification(path)
+    n_attack = cert.spec.attack.episodes if episodes is None else int(episodes)
+    if n_attack < 2:
+        raise InputError(f"--episodes: expected >= 2, got {n_attack}")
+    configurations, skipped = attack_configurations(cert.spec.attack, discrete=cert.checkpoint.policy.arch.kind
+                                                    == "categorical")
+    if not configurations:
+        raise InputError(f"{cert.path}: attack: no configuration applies to this controller ({'; '.join(skipped)})")
+    progress = progress or (lambda _name: nullcontext(None))
+    runs = []
+    with progress(f"attack {cert.spec.name} at B = {budget:g}") as callback:
+        for k, configuration in enumerate(configurations):
+            runs.append(run_attack(cert, budget=budget, configuration=configuration, episodes=n_attack,
+                                   sigma=cert.spec.sigma))
+            if callback:
+                callback(k + 1, len(configurations) + 1)
+        control = run_attack(cert, budget=budget, configuration=configurations[0], episodes=n_attack, sigma=None)
+        if callback:
+            callback(len(configurations) + 1, len(configurations) + 1)
+    worst = min(runs, key=lambda run: run["estimate"])
+    return _json_safe({"name": cert.spec.name, "quantity": cert.spec.quantity, "sigma": cert.spec.sigma,
+                       "budget": budget, "episodes": n_attack, "runs": runs, "skipped": skipped, "worst": worst,
+                       "control": control, "controller_weights_sha256": cert.checkpoint.weights_sha256})
+
+
+def _quantity_words(quantity: str, p: float | None) -> str:
+    return {"expected_return": "expected episode return",
+            "no_collision": "probability of an episode without collision",
+            "success": "probability of success",
+            "percentile": f"{p:g}-quantile of the episode return" if p is not None else "quantile"}[quantity]
