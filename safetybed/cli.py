@@ -404,7 +404,7 @@ def quickstart(
     workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
     as_json: JsonFlag = False,
 ) -> None:
-    """The main job end to end on the embedded defaults: driving and robot batch runs with a summary."""
+    """The main jobs end to end on the embedded defaults: driving and robot batch runs, a certificate report."""
     from safetybed.quickstart import run_quickstart
 
     def report(summary, store: Path) -> None:
@@ -416,6 +416,11 @@ def quickstart(
     if as_json:
         print(json.dumps(result, indent=2))
     else:
+        certificate = result["certificate"]
+        certified = ", ".join(f"{row['certified']:.4g} at B = {row['budget']:g}" for row in certificate["certified"])
+        out.print(f"certificate {certificate['name']} ({certificate['certificate_id']}): clean "
+                  f"{certificate['clean_estimate']:.4g} over {certificate['episodes']} episodes; certified {certified} "
+                  f"(alpha = {certificate['alpha']:g}); report {certificate['files']['report']}")
         out.print(f"\n[bold green]quickstart done[/bold green] in {result['wall_time_s']:.0f} s. Results: store "
                   f"{result['store']}, summary {result['summary_file']}")
         out.print(f"Inspect with: safetybed runs list --store {result['store']}")

@@ -1,8 +1,11 @@
 """``safetybed quickstart``: the main job on the embedded defaults.
 
-For now it runs the first job users come for, a scenario batch run, on both real simulators: the
-highway-env cut-in family against the built-in IDM/MOBIL driver and the pybullet Panda reach task
-against the scripted reach controller. Results go to ``OUT/runs.sqlite`` and ``OUT/summary.json``.
+It runs the first two jobs users come for. A scenario batch run on both real simulators: the highway-env
+cut-in family against the built-in IDM/MOBIL driver and the pybullet Panda reach task against the scripted
+reach controller. Then a certification report: the noise-trained CartPole controller smoothed with
+sigma = 0.2 (``certify/cartpole_sigma0.2.toml``) on ``10 x episodes`` clean episodes (at least 200; the spec's
+10,000 and its attacks are for ``safetybed certify``). Results go to ``OUT/runs.sqlite``,
+``OUT/certificate/{certificate.json,report.html}`` and ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from safetybed.catalogue import load_scenario_arg
+from safetybed.certify.pipeline import certify_from_spec
+from safetybed.errors import InputError
 from safetybed.runner import RunStore, run_summary, start_run
 
 QUICKSTART_JOBS = (("highway/cut_in", "builtin:idm"), ("bullet/reach", "builtin:reach"))
+QUICKSTART_CERTIFICATION = "cartpole_sigma0.2.toml"
+
+
+def _certification_spec() -> Path:
+    from safetybed.catalogue import catalogue_dirs
+
+    for folder in catalogue_dirs("certify"):
+        if (folder / QUICKSTART_CERTIFICATION).is_file():
+            return folder / QUICKSTART_CERTIFICATION
+    raise InputError(f"certify/{QUICKSTART_CERTIFICATION}: not found in ./certify or the installed checkout")
 
 
 def run_quickstart(*, out_dir: Path, episodes: int, workers: int, on_summary: Callable[[Any, Path], None],
@@ -34,7 +49,13 @@ def run_quickstart(*, out_dir: Path, episodes: int, workers: int, on_summary: Ca
             summary = run_summary(store, run_id)
             on_summary(summary, store_path)
             results.append(summary.to_json_dict())
+    certificate = certify_from_spec(_certification_spec(), episodes=max(10 * episodes, 200), attack_episodes=0,
+                                    out_dir=out_dir / "certificate", store_path=store_path, workers=workers,
+                                    progress=progress_factory)
     result = {"store": str(store_path), "summary_file": str(out_dir / "summary.json"), "runs": results,
+              "certificate": {key: certificate[key] for key in ("certificate_id", "name", "sigma", "alpha", "method",
+                                                                 "certified", "files")}
+              | {"clean_estimate": certificate["clean"]["estimate"], "episodes": certificate["samples"]["episodes"]},
               "wall_time_s": time.perf_counter() - started}
     (out_dir / "summary.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result

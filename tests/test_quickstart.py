@@ -1,0 +1,18 @@
+"""The README's main job: quickstart runs a real highway-env and pybullet batch run and writes a certificate."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_quickstart_runs_both_simulators_and_certifies(cli, tmp_path):
+    code, stdout, stderr = cli("quickstart", "--out", str(tmp_path), "--episodes", "2", "--workers", "1", "--json")
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert [run["scenario"] for run in result["runs"]] == ["highway/cut_in", "bullet/reach"]
+    assert all(run["episodes"] == 2 and run["status"] == "complete" for run in result["runs"])
+    assert (tmp_path / "runs.sqlite").exists() and (tmp_path / "summary.json").exists()
+    certificate = result["certificate"]
+    bounds = [row["certified"] for row in certificate["certified"]]
+    assert bounds == sorted(bounds, reverse=True) and bounds[0] <= certificate["clean_estimate"]
+    assert (tmp_path / "certificate" / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
