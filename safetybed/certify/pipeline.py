@@ -51,6 +51,7 @@ from safetybed.certify.smoothing import frame_stack_of, smoothed_scenario
 from safetybed.control.checkpoint import Checkpoint, load_checkpoint, sha256_file
 from safetybed.errors import InputError, SpecError
 from safetybed.runner import RunStore, resume_run, start_run
+from safetybed.runner.batch import scenario_digest
 from safetybed.spec import ScenarioSpec
 from safetybed.spec.certify import AttackSpec, LoadedCertifySpec, load_certify_spec
 
@@ -220,13 +221,16 @@ def _record_provenance(store: RunStore, run_id: str, weights_sha256: str) -> Non
     store.conn.execute("INSERT OR REPLACE INTO certify_runs VALUES (?, ?)", (run_id, weights_sha256))
 
 
-def _matching_run(store: RunStore, *, scenario_json: str, controller: str, seed: int, episodes: int,
+def _matching_run(store: RunStore, *, scenario: ScenarioSpec, controller: str, seed: int, episodes: int,
                   weights_sha256: str) -> str | None:
     store.conn.execute(_PROVENANCE_TABLE)
     played_with = dict(store.conn.execute("SELECT run_id, weights_sha256 FROM certify_runs").fetchall())
+    digest = scenario_digest(scenario)
     for info, _done in reversed(store.list_runs()):
-        if (info.scenario_json == scenario_json and info.controller == controller and info.seed == seed
-                and info.episodes == episodes and played_with.get(info.run_id) == weights_sha256):
+        if (info.controller == controller and info.seed == seed and info.episodes == episodes
+                and played_with.get(info.run_id) == weights_sha256
+                # compared as validated specs, as resume_run does: a field added since (with its default) matches
+                and scenario_digest(ScenarioSpec.model_validate_json(info.scenario_json)) == digest):
             return info.run_id
     return None
 
@@ -238,9 +242,8 @@ def run_clean_episodes(cert: Certification, *, store: RunStore, episodes: int, w
     ``how`` is ``"new"``, ``"resumed"`` or ``"reused"``. A run is reused only if it has the same smoothed
     scenario, controller reference, seed and episode count and was played with the same weights (sha256).
     """
-    scenario_json = cert.run_scenario.model_dump_json()
     weights_sha256 = cert.checkpoint.weights_sha256
-    existing = _matching_run(store, scenario_json=scenario_json, controller=cert.controller_ref,
+    existing = _matching_run(store, scenario=cert.run_scenario, controller=cert.controller_ref,
                              seed=cert.spec.seed, episodes=episodes, weights_sha256=weights_sha256)
     if existing is not None:
         if len(store.done_indices(existing)) == episodes:
