@@ -85,3 +85,10 @@ def test_malformed_controller_spec_exits_2(cli, tmp_path, text, field):
     code, _, stderr = cli("train", str(path), "--steps", "10", "--out", str(tmp_path / "out"))
     assert code == 2
     assert "bad.toml" in stderr and field in stderr and "Traceback" not in stderr
+
+
+def test_non_utf8_controller_spec_exits_2(cli, tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('name = "caf\u00e9"\n'.encode("latin-1"))
+    code, _, stderr = cli("train", str(path), "--steps", "10")
+    assert code == 2 and "latin1.toml" in stderr and "UTF-8" in stderr

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
 from safetybed.errors import SpecError
-from safetybed.spec.base import StrictModel
+from safetybed.spec.base import StrictModel, read_toml_file
 from safetybed.spec.scenario import format_validation_error
 
 Quantity = Literal["expected_return", "no_collision", "success", "percentile"]
@@ -138,14 +137,5 @@ def parse_certify_spec(data: dict, *, source: str | Path = "<string>") -> Certif
 def load_certify_spec(path: str | Path) -> LoadedCertifySpec:
     """Read and validate a certification spec; :class:`SpecError` (exit 2) names file, field and reason."""
     path = Path(path)
-    if not path.exists():
-        raise SpecError(path, "", "file not found")
-    if not path.is_file():
-        raise SpecError(path, "", "expected a TOML file, got a directory")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise SpecError(path, "", f"not UTF-8 text ({error.reason})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(path, "", f"invalid TOML: {error}") from None
+    data = read_toml_file(path)
     return LoadedCertifySpec(spec=parse_certify_spec(data, source=path), path=path)

@@ -25,14 +25,13 @@ Unknown keys anywhere (including ``[hyper]``, checked against the algorithm's co
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
 from safetybed.errors import SpecError
-from safetybed.spec.base import StrictModel
+from safetybed.spec.base import StrictModel, read_toml_file
 from safetybed.spec.scenario import format_validation_error
 
 Algorithm = Literal["dsac_t", "sac", "ppo", "mdpo_on", "mdpo_off"]
@@ -84,12 +83,7 @@ class LoadedControllerSpec:
 
 def load_controller_spec(path: str | Path) -> LoadedControllerSpec:
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(path, "", "file not found" if not path.exists() else "expected a TOML file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(path, "", f"invalid TOML: {error}") from None
+    data = read_toml_file(path)
     try:
         spec = ControllerSpec.model_validate(data)
     except ValidationError as error:

@@ -20,14 +20,13 @@ and the extending file wins. ``scenarios/README.md`` documents every field.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
 from safetybed.errors import SpecError
-from safetybed.spec.base import StrictModel
+from safetybed.spec.base import StrictModel, read_toml_file
 from safetybed.spec.bullet import BulletSpec, BulletTask
 from safetybed.spec.classic import ClassicSpec, ClassicTask
 from safetybed.spec.highway import HighwaySpec, HighwayTask
@@ -107,16 +106,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if not path.exists():
-        raise SpecError(path, "", "file not found")
-    if not path.is_file():
-        raise SpecError(path, "", "expected a TOML file, got a directory")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise SpecError(path, "", f"not UTF-8 text ({error.reason})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise SpecError(path, "", f"invalid TOML: {error}") from None
+    data = read_toml_file(path)
     extends = data.pop("extends", None)
     if extends is None:
         return data
