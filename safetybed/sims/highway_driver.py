@@ -20,10 +20,17 @@ index       action
 
   is mapped to a probability ``floor + (max - floor) * clip((gain - threshold) / saturation, 0, 1)``; a change that
   fails MOBIL's safety criterion (new follower, or the vehicle itself, would brake harder than
-  ``mobil_max_braking_mps2``) gets ``floor``: such changes stay possible but rare, which is what makes
-  background crashes possible at all (cav_eval.md §6.2). Unavailable sides get probability 0.
+  ``mobil_max_braking_mps2``) gets ``unsafe_lane_change_floor`` (default: ``floor``): such changes stay possible
+  but rare, which is what makes background crashes possible at all (cav_eval.md §6.2). Unavailable sides get
+  probability 0. The new leader and follower in the candidate lane include vehicles (the ego among them) that
+  have already started changing into that lane, at their current longitudinal position
+  (:meth:`NaturalisticVehicle.lane_neighbours`): two vehicles changing into the same lane at once with an unsafe
+  gap, or alongside each other, fail the safety criterion.
 * Acceleration: ``p(a_i) ∝ exp(-(a_i - a_IDM)^2 / (2 sigma^2))`` on the grid (NADE ``stochastic_IDM``), entries
-  below ``pmf_prune_below`` set to 0, renormalised, and scaled by ``1 - p_left - p_right``. ``a_IDM`` is the
+  below ``pmf_prune_below`` set to 0, renormalised, mixed with a uniform tail
+  ``(1 - accel_tail_mass) * gaussian + accel_tail_mass / K`` (default tail mass 0: NADE's pmf exactly; a positive
+  mass makes emergency braking possible, which the pruned Gaussian rules out), and scaled by
+  ``1 - p_left - p_right``. ``a_IDM`` is the
   Intelligent Driver Model (Treiber, Hennecke & Helbing 2000) with the spec's background parameters;
   during a lane change it is the smaller of the IDM accelerations behind the leaders of both lanes (as
   highway-env's ``IDMVehicle.act``).
@@ -100,23 +107,33 @@ def idm_acceleration(params: IDMParams, *, speed_mps: float, desired_speed_mps: 
 
 
 def acceleration_pmf(mean_mps2: float, grid_mps2: np.ndarray, *, sigma_mps2: float,
-                     prune_below: float) -> np.ndarray:
+                     prune_below: float, tail_mass: float = 0.0) -> np.ndarray:
     """pmf on ``grid_mps2`` proportional to N(mean, sigma^2), pruned below ``prune_below`` and renormalised.
 
     Computed in log space, so a mean far outside the grid puts (almost) all mass on the nearest grid point
-    instead of dividing 0 by 0.
+    instead of dividing 0 by 0. ``tail_mass`` (eta) mixes in a uniform pmf on the grid,
+    ``(1 - eta) * gaussian + eta / len(grid)``: rare emergency manoeuvres keep a positive probability (eta = 0
+    returns the pruned Gaussian unchanged, NADE's ``stochastic_IDM``, Feng et al. 2021).
     """
     log_weight = -0.5 * ((grid_mps2 - mean_mps2) / sigma_mps2) ** 2
     weight = np.exp(log_weight - log_weight.max())
     pmf = weight / weight.sum()
     pmf[pmf < prune_below] = 0.0
-    return pmf / pmf.sum()
+    pmf = pmf / pmf.sum()
+    if tail_mass > 0.0:
+        pmf = (1.0 - tail_mass) * pmf + tail_mass / len(grid_mps2)
+    return pmf
 
 
 def lane_change_probability(gain_mps2: float, *, safe: bool, threshold_mps2: float, saturation_mps2: float,
-                            floor: float, maximum: float) -> float:
-    """Clipped-linear stochastic MOBIL: ``floor`` below the threshold or when unsafe, ``maximum`` at saturation."""
-    if not safe or not math.isfinite(gain_mps2):
+                            floor: float, maximum: float, unsafe_floor: float | None = None) -> float:
+    """Clipped-linear stochastic MOBIL: ``floor`` below the threshold, ``maximum`` at saturation.
+
+    A change that fails MOBIL's safety criterion gets ``unsafe_floor`` (``None``: ``floor``).
+    """
+    if not safe:
+        return floor if unsafe_floor is None else unsafe_floor
+    if not math.isfinite(gain_mps2):
         return floor
     fraction = min(max((gain_mps2 - threshold_mps2) / saturation_mps2, 0.0), 1.0)
     return floor + (maximum - floor) * fraction
@@ -135,8 +152,10 @@ class DriverParams:
     gain_threshold_mps2: float  # MOBIL incentive threshold [m/s^2]
     gain_saturation_mps2: float  # gain above the threshold where p(lane change) reaches its maximum [m/s^2]
     max_braking_mps2: float  # MOBIL safety criterion b_safe [m/s^2]
-    lane_change_floor: float  # p(lane change) of an available but unattractive/unsafe change [-]
+    lane_change_floor: float  # p(lane change) of an available, safe but unattractive change [-]
     lane_change_max: float  # largest p(lane change) per side and decision [-]
+    unsafe_lane_change_floor: float  # p(lane change) of a change that fails MOBIL's safety criterion [-]
+    accel_tail_mass: float  # weight of the uniform tail of the acceleration pmf [-]
     frames_per_decision: int  # simulation frames between decisions [-]
     simulation_frequency_hz: int  # [Hz]
 
@@ -152,6 +171,7 @@ class DriverParams:
             gain_threshold_mps2=spec.mobil_gain_threshold_mps2,
             gain_saturation_mps2=spec.mobil_gain_saturation_mps2, max_braking_mps2=spec.mobil_max_braking_mps2,
             lane_change_floor=spec.lane_change_floor, lane_change_max=spec.lane_change_max,
+            unsafe_lane_change_floor=spec.resolved_unsafe_lane_change_floor, accel_tail_mass=spec.accel_tail_mass,
             frames_per_decision=int(round(simulation_frequency_hz / spec.decision_frequency_hz)),
             simulation_frequency_hz=simulation_frequency_hz)
 
@@ -265,13 +285,17 @@ class NaturalisticVehicle(IDMVehicle):
         return self.target_lane_index[:2] == self.lane_index[:2] and self.target_lane_index != self.lane_index
 
     def idm_decision_acceleration(self) -> float:
-        """a_IDM at the current state [m/s^2]; during a lane change the minimum over current and target lane."""
+        """a_IDM at the current state [m/s^2]; during a lane change the minimum over current and target lane.
+
+        The leader in the target lane is found by :meth:`lane_neighbours`, so it includes a vehicle that is
+        changing into the same lane ahead.
+        """
         network = self.road.network
         front, _ = self.road.neighbour_vehicles(self, self.lane_index)
         acceleration = self._idm(self, front, self.lane)
         if self._lane_change_in_progress():
             target_lane = network.get_lane(self.target_lane_index)
-            front, _ = self.road.neighbour_vehicles(self, self.target_lane_index)
+            front, _ = self.lane_neighbours(self.target_lane_index)
             acceleration = min(acceleration, self._idm(self, front, target_lane))
         return acceleration
 
@@ -288,11 +312,49 @@ class NaturalisticVehicle(IDMVehicle):
             return None
         return candidate
 
+    def lane_neighbours(self, lane_index: LaneIndex) -> tuple[RoadObject | None, RoadObject | None]:
+        """The vehicles ahead of and behind this one in ``lane_index``, counting those changing into it.
+
+        highway-env's ``Road.neighbour_vehicles`` only sees objects that are physically in the lane. A vehicle
+        that has already started changing into ``lane_index`` (its ``target_lane_index``, while its
+        ``lane_index`` is still its old lane; the ego included: highway-env applies the ego's action before the
+        background vehicles act in the same frame) is counted here as occupying ``lane_index`` at its current
+        longitudinal position, and becomes the new leader (follower) if it is nearer ahead (behind) by lane
+        coordinate than the one found in the lane. So MOBIL's safety criterion (Kesting, Treiber & Helbing 2007)
+        rejects two simultaneous changes into the same lane whose gap is unsafe; a vehicle alongside gives a
+        negative bumper gap and thus always an unsafe change. Without such vehicles the result is exactly
+        ``Road.neighbour_vehicles``.
+        """
+        road = self.road
+        front, rear = road.neighbour_vehicles(self, lane_index)
+        merging = [vehicle for vehicle in road.vehicles
+                   if vehicle is not self and vehicle is not front and vehicle is not rear
+                   and getattr(vehicle, "target_lane_index", None) == lane_index
+                   and vehicle.lane_index != lane_index]
+        if not merging:
+            return front, rear
+        lane = road.network.get_lane(lane_index)
+        s_self = _lane_coordinate(lane, self)
+        s_front = math.inf if front is None else _lane_coordinate(lane, front)
+        s_rear = -math.inf if rear is None else _lane_coordinate(lane, rear)
+        for vehicle in merging:
+            s_vehicle = _lane_coordinate(lane, vehicle)
+            if s_self <= s_vehicle < s_front:
+                front, s_front = vehicle, s_vehicle
+            elif s_rear < s_vehicle < s_self:
+                rear, s_rear = vehicle, s_vehicle
+        return front, rear
+
     def mobil(self, lane_index: LaneIndex) -> tuple[float, bool]:
-        """MOBIL (Kesting et al. 2007) gain [m/s^2] of changing to ``lane_index`` and whether it is safe."""
+        """MOBIL (Kesting et al. 2007) gain [m/s^2] of changing to ``lane_index`` and whether it is safe.
+
+        The new leader and follower come from :meth:`lane_neighbours`, which counts vehicles already changing
+        into ``lane_index``: a simultaneous change into the same lane with an unsafe gap fails the safety
+        criterion.
+        """
         road, b_safe = self.road, self._params.max_braking_mps2
         new_lane = road.network.get_lane(lane_index)
-        new_front, new_rear = road.neighbour_vehicles(self, lane_index)
+        new_front, new_rear = self.lane_neighbours(lane_index)
         new_rear_before = self._idm(new_rear, new_front, new_lane)
         new_rear_after = self._idm(new_rear, self, new_lane)
         self_after = self._idm(self, new_front, new_lane)
@@ -318,9 +380,10 @@ class NaturalisticVehicle(IDMVehicle):
             side_probability.append(lane_change_probability(
                 gain, safe=safe, threshold_mps2=params.gain_threshold_mps2,
                 saturation_mps2=params.gain_saturation_mps2, floor=params.lane_change_floor,
-                maximum=params.lane_change_max))
+                maximum=params.lane_change_max, unsafe_floor=params.unsafe_lane_change_floor))
         accel = acceleration_pmf(self.idm_decision_acceleration(), params.grid_mps2,
-                                 sigma_mps2=params.sigma_mps2, prune_below=params.prune_below)
+                                 sigma_mps2=params.sigma_mps2, prune_below=params.prune_below,
+                                 tail_mass=params.accel_tail_mass)
         pmf = np.empty(params.action_count)
         pmf[ACTION_LEFT], pmf[ACTION_RIGHT] = side_probability
         pmf[FIRST_ACCELERATION_ACTION:] = (1.0 - sum(side_probability)) * accel
@@ -350,6 +413,10 @@ class NaturalisticVehicle(IDMVehicle):
     def pending_override(self) -> int | None:
         return self._override
 
+    def script_due(self) -> bool:
+        """Whether a scripted action takes precedence over sampling and overrides at the next decision."""
+        return bool(self._script) and self._script[0][0] <= self.time_s + 1e-9
+
     def _check_action(self, action: int) -> None:
         count = self._params.action_count
         if isinstance(action, bool) or not isinstance(action, int | np.integer) or not 0 <= action < count:
@@ -362,7 +429,7 @@ class NaturalisticVehicle(IDMVehicle):
         uniform = self.rng.random()  # drawn at every decision, overridden or not (common random numbers)
         cumulative = np.cumsum(pmf)
         sampled = min(int(np.searchsorted(cumulative, uniform, side="right")), int(np.flatnonzero(pmf)[-1]))
-        if self._script and self._script[0][0] <= self.time_s + 1e-9:
+        if self.script_due():
             action, source = self._script.pop(0)[1], "script"
         elif self._override is not None:
             action, source = self._override, "override"

@@ -67,9 +67,14 @@ class NaturalisticDriverSpec(StrictModel):
     N(a_IDM, ``accel_sigma_mps2``^2), entries below ``pmf_prune_below`` dropped and the rest renormalised) plus
     stochastic MOBIL lane changes, decided at ``decision_frequency_hz`` and held in between. The probability of
     a lane change to an available side lane rises linearly in the MOBIL gain from ``lane_change_floor`` (gain at
-    or below ``mobil_gain_threshold_mps2``, or an unsafe change) to ``lane_change_max`` (gain at or above
-    threshold + ``mobil_gain_saturation_mps2``). ``model = "idm"``: highway-env's deterministic IDM + MOBIL
-    vehicles with the IDM/MOBIL parameters below.
+    or below ``mobil_gain_threshold_mps2``) to ``lane_change_max`` (gain at or above
+    threshold + ``mobil_gain_saturation_mps2``). A change that fails MOBIL's safety criterion gets
+    ``unsafe_lane_change_floor`` (``None``: the same as ``lane_change_floor``); rare-event testing sets it far lower,
+    so that background vehicles do not sideswipe the ego every few hundred decisions. ``accel_tail_mass`` (eta)
+    mixes a uniform tail into the acceleration pmf, ``(1 - eta) * [pruned Gaussian] + eta * uniform(grid)``, so
+    that emergency braking / hard acceleration far from a_IDM stays possible but rare (the pruned Gaussian alone
+    gives them probability 0). ``model = "idm"``: highway-env's deterministic IDM + MOBIL vehicles with the
+    IDM/MOBIL parameters below.
     """
 
     model: Literal["naturalistic", "idm"] = "naturalistic"
@@ -93,6 +98,8 @@ class NaturalisticDriverSpec(StrictModel):
     mobil_gain_saturation_mps2: float = Field(1.0, gt=0, le=20)
     lane_change_floor: float = Field(1e-3, ge=0, le=0.5)
     lane_change_max: float = Field(0.2, ge=0, le=0.5)
+    unsafe_lane_change_floor: float | None = Field(None, ge=0, le=0.5)
+    accel_tail_mass: float = Field(0.0, ge=0, le=0.1)
 
     @model_validator(mode="after")
     def _check_grid_and_probabilities(self) -> NaturalisticDriverSpec:
@@ -104,7 +111,15 @@ class NaturalisticDriverSpec(StrictModel):
         if self.lane_change_floor > self.lane_change_max:
             raise ValueError(f"lane_change_floor: expected <= lane_change_max ({self.lane_change_max:g}), "
                              f"got {self.lane_change_floor:g}")
+        if self.unsafe_lane_change_floor is not None and self.unsafe_lane_change_floor > self.lane_change_max:
+            raise ValueError(f"unsafe_lane_change_floor: expected <= lane_change_max ({self.lane_change_max:g}), "
+                             f"got {self.unsafe_lane_change_floor:g}")
         return self
+
+    @property
+    def resolved_unsafe_lane_change_floor(self) -> float:
+        """p(lane change) of a change that fails MOBIL's safety criterion (``lane_change_floor`` when unset)."""
+        return self.lane_change_floor if self.unsafe_lane_change_floor is None else self.unsafe_lane_change_floor
 
     @property
     def acceleration_count(self) -> int:
