@@ -28,6 +28,9 @@ highway-env's 5 m long (for obstacles, which are shorter, the gap is underestima
 
 Action: ``[clip(a / accel_scale_mps2, -1, 1), lane]`` with ``lane`` = -1 (change left), 0 (keep), +1 (change right),
 the mapping of :mod:`safetybed.sims.highway_obs`. The controller is deterministic and keeps no state between steps.
+
+The pieces are reusable: :class:`ObservedTraffic` parses one observation, :class:`DrivingRules` holds the IDM and
+MOBIL rules with a scenario's parameters; the ``idm`` safety shield (:mod:`safetybed.control.shield`) uses both.
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ import numpy as np
 
 from safetybed.control.base import Controller
 from safetybed.spec import ScenarioSpec
-from safetybed.spec.highway import EGO_FEATURES, VEHICLE_FEATURES
+from safetybed.spec.highway import (
+    EGO_FEATURES,
+    VEHICLE_FEATURES,
+    EgoSpec,
+    HighwaySpec,
+    NaturalisticDriverSpec,
+)
 
 VEHICLE_LENGTH_M = 5.0  # [m] highway-env's Vehicle.LENGTH
 LANE_MARGIN_M = 1.0  # [m] lateral margin of lane membership (highway-env on_lane margin)
@@ -51,13 +60,21 @@ _VEHICLE = {name: index for index, name in enumerate(VEHICLE_FEATURES)}
 
 
 @dataclass(frozen=True)
-class _IDM:
+class IDM:
+    """Intelligent Driver Model parameters (Treiber, Hennecke & Helbing 2000)."""
+
     max_accel_mps2: float
     comfort_decel_mps2: float
     min_gap_m: float
     time_headway_s: float
     desired_speed_mps: float
     delta: float
+
+    @classmethod
+    def of(cls, driver: EgoSpec | NaturalisticDriverSpec) -> IDM:
+        """The ``idm_*`` parameters of ``[highway.ego]`` or ``[highway.driver]``."""
+        return cls(driver.idm_max_accel_mps2, driver.idm_comfort_decel_mps2, driver.idm_min_gap_m,
+                   driver.idm_time_headway_s, driver.idm_desired_speed_mps, driver.idm_delta)
 
     def acceleration(self, speed_mps: float, speed_limit_mps: float, gap_m: float = math.inf,
                      closing_speed_mps: float = 0.0) -> float:
@@ -74,9 +91,215 @@ class _IDM:
 
 
 @dataclass(frozen=True)
-class _Neighbour:
+class Neighbour:
+    """A vehicle ahead of or behind the ego in some lane."""
+
     gap_m: float  # bumper gap to the ego [m]
     speed_mps: float  # its speed [m/s]
+
+
+@dataclass(frozen=True)
+class ObservedTraffic:
+    """One highway observation vector, parsed (layout in :mod:`safetybed.spec.highway`).
+
+    ``vehicles`` holds the occupied slots only, one row of :data:`VEHICLE_FEATURES` each.
+    """
+
+    speed_mps: float
+    lane_width_m: float
+    speed_limit_mps: float
+    target_lane_shift: int  # [lanes] non-zero while a lane change is in progress
+    lanes_left: float  # [count] lanes the ego may change into on its left (not whole under observation noise)
+    lanes_right: float  # [count] ... on its right
+    vehicles: np.ndarray
+
+    @classmethod
+    def from_observation(cls, row: np.ndarray, *, observed_vehicles: int) -> ObservedTraffic:
+        row = np.asarray(row, dtype=np.float64)
+        vehicles = row[len(EGO_FEATURES):].reshape(observed_vehicles, len(VEHICLE_FEATURES))
+        return cls(speed_mps=float(row[_EGO["speed_mps"]]), lane_width_m=max(float(row[_EGO["lane_width_m"]]), 1.0),
+                   speed_limit_mps=float(row[_EGO["speed_limit_mps"]]),
+                   target_lane_shift=int(round(float(row[_EGO["target_lane_shift"]]))),
+                   lanes_left=float(row[_EGO["lanes_left"]]), lanes_right=float(row[_EGO["lanes_right"]]),
+                   vehicles=vehicles[vehicles[:, _VEHICLE["presence"]] > 0.5])
+
+    def side_available(self, side: int) -> bool:
+        """Whether the ego may change into the lane on ``side`` (-1 left, +1 right)."""
+        if side == 0:
+            return True
+        return (self.lanes_left if side < 0 else self.lanes_right) >= 0.5
+
+    def in_lane(self, side: int, *, anticipation_s: float) -> np.ndarray:
+        """Mask of ``vehicles`` in the lane ``side`` lanes from the ego's, now or ``anticipation_s`` later.
+
+        Lane membership is highway-env's ``on_lane`` test (half a lane width plus 1 m around the lane centre),
+        applied to the current lateral position and to its constant-lateral-speed prediction.
+        """
+        centre = side * self.lane_width_m
+        dy, vy = self.vehicles[:, _VEHICLE["dy_m"]], self.vehicles[:, _VEHICLE["vy_mps"]]
+        half = 0.5 * self.lane_width_m + LANE_MARGIN_M
+        return (np.abs(dy - centre) < half) | (np.abs(dy + vy * anticipation_s - centre) < half)
+
+    def neighbours(self, side: int, *, anticipation_s: float) -> tuple[Neighbour | None, Neighbour | None]:
+        """Leader and follower in the lane ``side`` lanes from the ego's (centre-to-centre dx -> bumper gap)."""
+        leader = follower = None
+        inside = self.in_lane(side, anticipation_s=anticipation_s)
+        for dx, dvx in self.vehicles[inside][:, [_VEHICLE["dx_m"], _VEHICLE["dvx_mps"]]]:
+            candidate = Neighbour(gap_m=abs(dx) - VEHICLE_LENGTH_M, speed_mps=self.speed_mps + dvx)
+            if dx > 0 and (leader is None or candidate.gap_m < leader.gap_m):
+                leader = candidate
+            elif dx <= 0 and (follower is None or candidate.gap_m < follower.gap_m):
+                follower = candidate
+        return leader, follower
+
+    def conflict_leader(self, *, horizon_s: float) -> Neighbour | None:
+        """The nearest vehicle ahead, outside the ego's lane now, predicted to collide with the ego (yield to it).
+
+        Constant-velocity prediction over ``horizon_s`` in the ego-lane frame: a collision is predicted when
+        the vehicle is both within one vehicle length of the ego longitudinally and inside the ego's lane corridor
+        at the same time. Such a vehicle (crossing traffic at an intersection, a vehicle entering a roundabout lane)
+        becomes a virtual leader at its current distance and longitudinal speed.
+        """
+        vehicles = self.vehicles
+        if horizon_s <= 0 or len(vehicles) == 0:
+            return None
+        half = 0.5 * self.lane_width_m + LANE_MARGIN_M
+        times = np.linspace(0.0, horizon_s, 13)[None, :]
+        dx, dy = vehicles[:, [_VEHICLE["dx_m"]]], vehicles[:, [_VEHICLE["dy_m"]]]
+        dvx, vy = vehicles[:, [_VEHICLE["dvx_mps"]]], vehicles[:, [_VEHICLE["vy_mps"]]]
+        outside_now = np.abs(dy[:, 0]) >= half
+        overlap = (np.abs(dx + dvx * times) < VEHICLE_LENGTH_M) & (np.abs(dy + vy * times) < half)
+        conflict = outside_now & (dx[:, 0] > 0) & overlap.any(axis=1)
+        if not conflict.any():
+            return None
+        nearest = int(np.argmin(np.where(conflict, dx[:, 0], np.inf)))
+        return Neighbour(gap_m=float(dx[nearest, 0]) - VEHICLE_LENGTH_M,
+                         speed_mps=max(self.speed_mps + float(dvx[nearest, 0]), 0.0))
+
+
+class DrivingRules:
+    """IDM car following and MOBIL lane-change rules on :class:`ObservedTraffic`, with a highway spec's parameters.
+
+    The ego follows the IDM of ``[highway.ego]`` (Treiber et al. 2000); the other vehicles' reactions are
+    predicted with the background drivers' IDM of ``[highway.driver]``. Lane changes follow MOBIL (Kesting, Treiber
+    & Helbing 2007). Shared by ``builtin:idm`` and the ``idm`` safety shield (:mod:`safetybed.control.shield`).
+    """
+
+    def __init__(self, highway: HighwaySpec):
+        ego = highway.ego
+        self.observed_vehicles = highway.observed_vehicles
+        self.anticipation_s = ego.lateral_anticipation_s
+        self.yield_horizon_s = ego.yield_horizon_s
+        self.politeness = ego.mobil_politeness
+        self.gain_threshold_mps2 = ego.mobil_gain_threshold_mps2
+        self.max_braking_mps2 = ego.mobil_max_braking_mps2
+        self.ego_idm = IDM.of(ego)
+        self.other_idm = IDM.of(highway.driver)
+
+    def traffic(self, row: np.ndarray) -> ObservedTraffic:
+        return ObservedTraffic.from_observation(row, observed_vehicles=self.observed_vehicles)
+
+    def neighbours(self, traffic: ObservedTraffic, side: int) -> tuple[Neighbour | None, Neighbour | None]:
+        return traffic.neighbours(side, anticipation_s=self.anticipation_s)
+
+    def ego_acceleration(self, traffic: ObservedTraffic, leader: Neighbour | None) -> float:
+        """The ego's IDM acceleration [m/s^2] behind ``leader`` (free road when ``None``)."""
+        if leader is None:
+            return self.ego_idm.acceleration(traffic.speed_mps, traffic.speed_limit_mps)
+        return self.ego_idm.acceleration(traffic.speed_mps, traffic.speed_limit_mps, leader.gap_m,
+                                         traffic.speed_mps - leader.speed_mps)
+
+    def _follower_acceleration(self, traffic: ObservedTraffic, follower: Neighbour | None, gap_m: float,
+                               leader_speed_mps: float) -> float:
+        if follower is None:
+            return 0.0
+        return self.other_idm.acceleration(follower.speed_mps, traffic.speed_limit_mps, gap_m,
+                                           follower.speed_mps - leader_speed_mps)
+
+    def longitudinal_acceleration(self, traffic: ObservedTraffic, *, lane_change: int = 0) -> float:
+        """The ego's IDM acceleration [m/s^2]: the smallest behind the leader of its lane, a vehicle it must yield
+        to, and the leader of the lane it is changing into (a change in progress, or the new ``lane_change``), as
+        highway-env's ``IDMVehicle`` does during lane changes."""
+        acceleration = min(self.ego_acceleration(traffic, self.neighbours(traffic, 0)[0]),
+                           self.ego_acceleration(traffic, traffic.conflict_leader(horizon_s=self.yield_horizon_s)))
+        for side in {traffic.target_lane_shift, lane_change} - {0}:
+            acceleration = min(acceleration, self.ego_acceleration(traffic, self.neighbours(traffic, side)[0]))
+        return acceleration
+
+    def _new_follower_accelerations(self, traffic: ObservedTraffic, side: int) -> tuple[float, float]:
+        """(before, after) IDM accelerations [m/s^2] of the new follower in the lane on ``side``."""
+        new_leader, new_follower = self.neighbours(traffic, side)
+        # New follower: behind its current leader (the new leader) before, behind the ego after.
+        between = (new_follower.gap_m + VEHICLE_LENGTH_M + new_leader.gap_m
+                   if new_follower is not None and new_leader is not None else math.inf)
+        before = self._follower_acceleration(traffic, new_follower, between,
+                                             new_leader.speed_mps if new_leader else traffic.speed_mps)
+        after = self._follower_acceleration(traffic, new_follower, new_follower.gap_m if new_follower else math.inf,
+                                            traffic.speed_mps)
+        return before, after
+
+    def lane_change_is_safe(self, traffic: ObservedTraffic, side: int) -> bool:
+        """MOBIL's safety criterion (Kesting et al. 2007, eq. 2), extended to the ego, for a change to ``side``.
+
+        Safe when the lane exists, no vehicle in it (now or ``lateral_anticipation_s`` later, so a vehicle moving
+        into it counts) overlaps the ego longitudinally, and neither the new follower nor the ego behind the new
+        leader would have to brake harder than ``mobil_max_braking_mps2``.
+        """
+        if side == 0 or not traffic.side_available(side):
+            return side == 0
+        dx = traffic.vehicles[traffic.in_lane(side, anticipation_s=self.anticipation_s), _VEHICLE["dx_m"]]
+        if np.any(np.abs(dx) < VEHICLE_LENGTH_M):
+            return False  # alongside: the IDM gaps below would be negative
+        _, new_follower_after = self._new_follower_accelerations(traffic, side)
+        ego_after = self.ego_acceleration(traffic, self.neighbours(traffic, side)[0])
+        return new_follower_after >= -self.max_braking_mps2 and ego_after >= -self.max_braking_mps2
+
+    def mobil_gain(self, traffic: ObservedTraffic, side: int) -> float:
+        """MOBIL incentive [m/s^2] of a change to ``side`` (Kesting et al. 2007, eq. 3)::
+
+            gain = (a~_ego - a_ego) + politeness [(a~_new_follower - a_new_follower) + (a~_old - a_old)]
+        """
+        leader, follower = self.neighbours(traffic, 0)
+        new_follower_before, new_follower_after = self._new_follower_accelerations(traffic, side)
+        old_between = (follower.gap_m + VEHICLE_LENGTH_M + leader.gap_m
+                       if follower is not None and leader is not None else math.inf)
+        old_follower_before = self._follower_acceleration(traffic, follower,
+                                                          follower.gap_m if follower else math.inf, traffic.speed_mps)
+        old_follower_after = self._follower_acceleration(traffic, follower, old_between,
+                                                         leader.speed_mps if leader else traffic.speed_mps)
+        ego_after = self.ego_acceleration(traffic, self.neighbours(traffic, side)[0])
+        return (ego_after - self.ego_acceleration(traffic, leader) + self.politeness * (
+            new_follower_after - new_follower_before + old_follower_after - old_follower_before))
+
+    def mobil_lane_change(self, traffic: ObservedTraffic) -> int:
+        """The safe change (-1 left, +1 right) with the largest gain above ``mobil_gain_threshold_mps2``, else 0.
+
+        No new change is requested while one is in progress or below 1 m/s.
+        """
+        if traffic.target_lane_shift != 0 or traffic.speed_mps < _MIN_LANE_CHANGE_SPEED_MPS:
+            return 0
+        best_gain, lane_change = self.gain_threshold_mps2, 0
+        for side in (-1, 1):
+            if not traffic.side_available(side) or not self.lane_change_is_safe(traffic, side):
+                continue
+            gain = self.mobil_gain(traffic, side)
+            if gain > best_gain:
+                best_gain, lane_change = gain, side
+        return lane_change
+
+
+def check_highway_spaces(scenario: ScenarioSpec, observation_space: gym.Space, action_space: gym.Space, *,
+                         who: str) -> None:
+    """Raise ``ValueError`` unless ``scenario`` is a highway scenario with its observation and action spaces."""
+    if scenario.simulator != "highway":
+        raise ValueError(f"scenario: {who} drives highway scenarios only, got simulator {scenario.simulator!r}")
+    highway = scenario.highway
+    if observation_space.shape != (highway.observation_size,):
+        raise ValueError(f"observation_space: expected shape ({highway.observation_size},) for "
+                         f"{highway.observed_vehicles} observed vehicles, got {observation_space.shape}")
+    if not isinstance(action_space, gym.spaces.Box) or action_space.shape != (2,):
+        raise ValueError(f"action_space: expected Box(-1, 1, shape=(2,)) (acceleration, lane change), "
+                         f"got {action_space}")
 
 
 class IDMController(Controller):
@@ -92,119 +315,16 @@ class IDMController(Controller):
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, *, scenario: ScenarioSpec):
         super().__init__(observation_space, action_space)
-        if scenario.simulator != "highway":
-            raise ValueError(f"scenario: builtin:idm drives highway scenarios only, got simulator "
-                             f"{scenario.simulator!r}")
-        highway = scenario.highway
-        if observation_space.shape != (highway.observation_size,):
-            raise ValueError(f"observation_space: expected shape ({highway.observation_size},) for "
-                             f"{highway.observed_vehicles} observed vehicles, got {observation_space.shape}")
-        if not isinstance(action_space, gym.spaces.Box) or action_space.shape != (2,):
-            raise ValueError(f"action_space: expected Box(-1, 1, shape=(2,)) (acceleration, lane change), "
-                             f"got {action_space}")
-        ego, driver = highway.ego, highway.driver
-        self.observed_vehicles = highway.observed_vehicles
-        self.accel_scale_mps2 = ego.accel_scale_mps2
-        self.anticipation_s = ego.lateral_anticipation_s
-        self.yield_horizon_s = ego.yield_horizon_s
-        self.politeness = ego.mobil_politeness
-        self.gain_threshold_mps2 = ego.mobil_gain_threshold_mps2
-        self.max_braking_mps2 = ego.mobil_max_braking_mps2
-        self.ego_idm = _IDM(ego.idm_max_accel_mps2, ego.idm_comfort_decel_mps2, ego.idm_min_gap_m,
-                            ego.idm_time_headway_s, ego.idm_desired_speed_mps, ego.idm_delta)
-        self.other_idm = _IDM(driver.idm_max_accel_mps2, driver.idm_comfort_decel_mps2, driver.idm_min_gap_m,
-                              driver.idm_time_headway_s, driver.idm_desired_speed_mps, driver.idm_delta)
+        check_highway_spaces(scenario, observation_space, action_space, who="builtin:idm")
+        self.accel_scale_mps2 = scenario.highway.ego.accel_scale_mps2
+        self.rules = DrivingRules(scenario.highway)
 
     def act(self, obs_batch: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
         obs_batch = self.check_batch(obs_batch)
-        return np.stack([self._act_one(row.astype(np.float64)) for row in obs_batch]).astype(np.float32)
-
-    # -- one observation ------------------------------------------------------------------------------------------
-    def _conflict_leader(self, vehicles: np.ndarray, speed: float, lane_width: float) -> _Neighbour | None:
-        """The nearest vehicle ahead, outside the ego's lane now, predicted to collide with the ego (yield to it).
-
-        Constant-velocity prediction over ``yield_horizon_s`` in the ego-lane frame: a collision is predicted when
-        the vehicle is both within one vehicle length of the ego longitudinally and inside the ego's lane corridor
-        at the same time. Such a vehicle (crossing traffic at an intersection, a vehicle entering a roundabout lane)
-        becomes a virtual leader at its current distance and longitudinal speed.
-        """
-        if self.yield_horizon_s <= 0 or len(vehicles) == 0:
-            return None
-        half = 0.5 * lane_width + LANE_MARGIN_M
-        times = np.linspace(0.0, self.yield_horizon_s, 13)[None, :]
-        dx, dy = vehicles[:, [_VEHICLE["dx_m"]]], vehicles[:, [_VEHICLE["dy_m"]]]
-        dvx, vy = vehicles[:, [_VEHICLE["dvx_mps"]]], vehicles[:, [_VEHICLE["vy_mps"]]]
-        outside_now = np.abs(dy[:, 0]) >= half
-        overlap = (np.abs(dx + dvx * times) < VEHICLE_LENGTH_M) & (np.abs(dy + vy * times) < half)
-        conflict = outside_now & (dx[:, 0] > 0) & overlap.any(axis=1)
-        if not conflict.any():
-            return None
-        nearest = int(np.argmin(np.where(conflict, dx[:, 0], np.inf)))
-        return _Neighbour(gap_m=float(dx[nearest, 0]) - VEHICLE_LENGTH_M,
-                          speed_mps=max(speed + float(dvx[nearest, 0]), 0.0))
+        return np.stack([self._act_one(row) for row in obs_batch]).astype(np.float32)
 
     def _act_one(self, row: np.ndarray) -> np.ndarray:
-        speed = float(row[_EGO["speed_mps"]])
-        lane_width = max(float(row[_EGO["lane_width_m"]]), 1.0)
-        speed_limit = float(row[_EGO["speed_limit_mps"]])
-        shift = int(round(float(row[_EGO["target_lane_shift"]])))
-        vehicles = row[len(EGO_FEATURES):].reshape(self.observed_vehicles, len(VEHICLE_FEATURES))
-        vehicles = vehicles[vehicles[:, _VEHICLE["presence"]] > 0.5]
-
-        def neighbours(side: int) -> tuple[_Neighbour | None, _Neighbour | None]:
-            """Leader and follower in the lane ``side`` lanes from the ego's (centre-to-centre dx -> bumper gap)."""
-            centre = side * lane_width
-            dy, vy = vehicles[:, _VEHICLE["dy_m"]], vehicles[:, _VEHICLE["vy_mps"]]
-            half = 0.5 * lane_width + LANE_MARGIN_M
-            inside = (np.abs(dy - centre) < half) | (np.abs(dy + vy * self.anticipation_s - centre) < half)
-            leader = follower = None
-            for dx, dvx in vehicles[inside][:, [_VEHICLE["dx_m"], _VEHICLE["dvx_mps"]]]:
-                candidate = _Neighbour(gap_m=abs(dx) - VEHICLE_LENGTH_M, speed_mps=speed + dvx)
-                if dx > 0 and (leader is None or candidate.gap_m < leader.gap_m):
-                    leader = candidate
-                elif dx <= 0 and (follower is None or candidate.gap_m < follower.gap_m):
-                    follower = candidate
-            return leader, follower
-
-        def ego_accel(leader: _Neighbour | None) -> float:
-            if leader is None:
-                return self.ego_idm.acceleration(speed, speed_limit)
-            return self.ego_idm.acceleration(speed, speed_limit, leader.gap_m, speed - leader.speed_mps)
-
-        def follower_accel(follower: _Neighbour | None, gap_m: float, leader_speed_mps: float) -> float:
-            if follower is None:
-                return 0.0
-            return self.other_idm.acceleration(follower.speed_mps, speed_limit, gap_m,
-                                               follower.speed_mps - leader_speed_mps)
-
-        leader, follower = neighbours(0)
-        acceleration = min(ego_accel(leader), ego_accel(self._conflict_leader(vehicles, speed, lane_width)))
-        if shift != 0:
-            acceleration = min(acceleration, ego_accel(neighbours(shift)[0]))
-        lane_change = 0
-        if shift == 0 and speed >= _MIN_LANE_CHANGE_SPEED_MPS:
-            best_gain = self.gain_threshold_mps2
-            sides = [side for side, name in ((-1, "lanes_left"), (1, "lanes_right")) if row[_EGO[name]] >= 0.5]
-            for side in sides:
-                new_leader, new_follower = neighbours(side)
-                ego_after = ego_accel(new_leader)
-                # New follower: behind its current leader (the new leader) before, behind the ego after.
-                between = (new_follower.gap_m + VEHICLE_LENGTH_M + new_leader.gap_m
-                           if new_follower is not None and new_leader is not None else math.inf)
-                new_follower_before = follower_accel(new_follower, between,
-                                                     new_leader.speed_mps if new_leader else speed)
-                new_follower_after = follower_accel(new_follower, new_follower.gap_m if new_follower else math.inf,
-                                                    speed)
-                if new_follower_after < -self.max_braking_mps2 or ego_after < -self.max_braking_mps2:
-                    continue  # MOBIL safety criterion (Kesting et al. 2007), extended to the ego
-                old_between = (follower.gap_m + VEHICLE_LENGTH_M + leader.gap_m
-                               if follower is not None and leader is not None else math.inf)
-                old_follower_before = follower_accel(follower, follower.gap_m if follower else math.inf, speed)
-                old_follower_after = follower_accel(follower, old_between, leader.speed_mps if leader else speed)
-                gain = (ego_after - ego_accel(leader) + self.politeness * (
-                    new_follower_after - new_follower_before + old_follower_after - old_follower_before))
-                if gain > best_gain:
-                    best_gain, lane_change = gain, side
-            if lane_change:
-                acceleration = min(acceleration, ego_accel(neighbours(lane_change)[0]))
+        traffic = self.rules.traffic(row)
+        lane_change = self.rules.mobil_lane_change(traffic)
+        acceleration = self.rules.longitudinal_acceleration(traffic, lane_change=lane_change)
         return np.array([np.clip(acceleration / self.accel_scale_mps2, -1.0, 1.0), float(lane_change)])

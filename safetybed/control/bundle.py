@@ -63,6 +63,12 @@ def _resolve_checkpoint(controller_ref: str) -> tuple[Path, str, str | None]:
         from safetybed.spec.controller import load_controller_spec
 
         loaded = load_controller_spec(path)
+        if loaded.spec.shield != "none":
+            # A bundle holds the policy network only; the shield needs the scenario's IDM/MOBIL parameters and
+            # would silently be lost.
+            raise InputError(f"{path}: shield = {loaded.spec.shield!r}: deployment bundles hold the policy network "
+                             f"only, so a shielded controller cannot be deployed (it would act unshielded); run it "
+                             f"through its spec (--controller {path}) instead")
         if not loaded.checkpoint_dir.exists():
             raise InputError(f"{path}: checkpoint: folder {loaded.checkpoint_dir} does not exist; train it with "
                              f"safetybed train {path}")

@@ -1,9 +1,10 @@
 """Resolve a controller reference to a :class:`~safetybed.control.base.Controller`.
 
-References: ``builtin:NAME``; a controller spec ``controllers/X.toml`` (its trained checkpoint); a
-checkpoint folder (``manifest.json`` + ``weights.safetensors``); a deployment bundle folder (``bundle.json``,
-see :mod:`safetybed.control.runtime`); ``sb3:PATH.zip``, a Stable-Baselines3 model imported without executing
-its pickles (:mod:`safetybed.control.sb3_import`).
+References: ``builtin:NAME``; a controller spec ``controllers/X.toml`` (its trained checkpoint, behind the
+spec's ``shield`` if it names one, :mod:`safetybed.control.shield`); a checkpoint folder (``manifest.json`` +
+``weights.safetensors``); a deployment bundle folder (``bundle.json``, see :mod:`safetybed.control.runtime`);
+``sb3:PATH.zip``, a Stable-Baselines3 model imported without executing its pickles
+(:mod:`safetybed.control.sb3_import`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def load_controller(ref: str, *, scenario: ScenarioSpec, observation_space: gym.
                              f"safetybed train {path}")
         controller = PolicyController.from_checkpoint(load_checkpoint(loaded.checkpoint_dir), name=ref,
                                                      deterministic=loaded.spec.deterministic)
+        if loaded.spec.shield != "none":
+            from safetybed.control.shield import shield_controller
+
+            controller = shield_controller(controller, shield=loaded.spec.shield, scenario=scenario, source=ref)
     elif path.is_dir() and (path / "bundle.json").exists():
         from safetybed.control.runtime import load_bundle
 

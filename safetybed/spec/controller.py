@@ -61,6 +61,9 @@ class ControllerSpec(StrictModel):
     scenario: str = Field(min_length=1)
     checkpoint: str = Field(min_length=1)
     deterministic: bool = True
+    #: ``"idm"``: act through the IDM/MOBIL safety shield of :mod:`safetybed.control.shield` (highway scenarios
+    #: only; training trains the raw policy). ``"none"``: the policy's actions as they are.
+    shield: Literal["none", "idm"] = "none"
     network: NetworkSpec = NetworkSpec()
     train: TrainSpec = TrainSpec()
     hyper: dict[str, Any] = {}
