@@ -396,6 +396,71 @@ def bench_certify_command(
         out.print(format_table(result), markup=False, highlight=False)
 
 
+# -- evaluate ---------------------------------------------------------------------------------------------------
+@app.command("evaluate")
+def evaluate_command(
+    scenario: Annotated[str, typer.Argument(help="testbed:cut_in (known answer) or a highway scenario spec.")],
+    controller: Annotated[str, typer.Option("--controller", help="Controller under test (builtin:idm for the "
+                                                                 "testbed).")],
+    method: Annotated[str, typer.Option("--method", help="crude|nade|scv|d2rl|adate, comma-separated, or all.")],
+    tests: Annotated[int | None, typer.Option("--tests", min=2, help="Tests per method (default per method).")] = None,
+    until_rhw: Annotated[float | None, typer.Option("--until-rhw", help="Add tests until the RHW is below this.")]
+    = None,
+    max_tests: Annotated[int | None, typer.Option("--max-tests", min=2, help="Cap for --until-rhw.")] = None,
+    coverage: Annotated[int, typer.Option("--coverage", min=0, help="Testbed only: repetitions of a coverage "
+                                                                    "study (0: none).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    confidence: Annotated[float, typer.Option("--confidence", min=0.5, max=0.999)] = 0.9,
+    workers: Annotated[int, typer.Option("--workers", min=1)] = 1,
+    store: StoreOption = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for evaluation.json and report.html.")]
+    = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Estimate the crash rate per test with statistically efficient testing; report RHW and tests needed."""
+    from safetybed.evaluate.pipeline import evaluate_testbed, is_testbed, parse_methods
+
+    methods = parse_methods(method)
+    with progress_bar("evaluate", enabled=not as_json) as progress:
+        if is_testbed(scenario):
+            document = evaluate_testbed(scenario, controller=controller, methods=methods, tests=tests, seed=seed,
+                                        confidence=confidence, until_rhw=until_rhw, max_tests=max_tests,
+                                        coverage=coverage, out_dir=out_dir, progress=progress)
+        else:
+            from safetybed.evaluate.pipeline import evaluate_highway
+
+            document = evaluate_highway(scenario, controller=controller, methods=methods, tests=tests, seed=seed,
+                                        confidence=confidence, until_rhw=until_rhw, max_tests=max_tests,
+                                        workers=workers, store_path=_store_path(store), out_dir=out_dir,
+                                        progress=progress)
+    if as_json:
+        print(json.dumps(document, indent=2, default=str))
+        return
+    print_evaluation(document)
+
+
+def print_evaluation(document) -> None:
+    table = Table(title=f"crash-rate evaluation: {document['scenario']}")
+    for column in ("method", "estimate", "CI", "RHW", "tests", "crashes", "tests to RHW<0.3 (extrap.)",
+                   "x fewer than crude", "x fewer than NADE"):
+        table.add_column(column)
+    for entry in document["methods"]:
+        ci = entry.get("ci") or [float("nan"), float("nan")]
+        ratios = entry.get("fewer_tests_than") or {}
+        table.add_row(entry["method"], _fmt(entry["estimate"]), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]",
+                      _fmt(entry["rhw"]) if entry.get("rhw") is not None else "-", str(entry["n"]),
+                      str(entry["n_crashes"]), _fmt(entry["tests_needed"]) if entry.get("tests_needed") else "-",
+                      _fmt(ratios["crude"]) if "crude" in ratios else "-",
+                      _fmt(ratios["nade"]) if "nade" in ratios else "-")
+    out.print(table)
+    if document.get("exact_crash_probability") is not None:
+        out.print(f"exact crash probability: {document['exact_crash_probability']:.6g}")
+    for row in document.get("coverage", []):
+        out.print(f"coverage {row['method']}: {row['covered']}/{row['repetitions']} = {row['coverage']:.0%}")
+    if document.get("files"):
+        out.print(f"report: {document['files']['html']}")
+
+
 # -- quickstart -------------------------------------------------------------------------------------------------
 @app.command("quickstart")
 def quickstart(
@@ -421,6 +486,11 @@ def quickstart(
         out.print(f"certificate {certificate['name']} ({certificate['certificate_id']}): clean "
                   f"{certificate['clean_estimate']:.4g} over {certificate['episodes']} episodes; certified {certified} "
                   f"(alpha = {certificate['alpha']:g}); report {certificate['files']['report']}")
+        evaluation = result["evaluation"]
+        estimates = "; ".join(f"{row['method']} {row['estimate']:.3g} (RHW {row['rhw']:.2f}, {row['n']} tests)"
+                              for row in evaluation["methods"] if row["rhw"] is not None)
+        out.print(f"crash-rate evaluation on {evaluation['scenario']} (exact "
+                  f"{evaluation['exact_crash_probability']:.3g}): {estimates}; report {evaluation['files']['html']}")
         out.print(f"\n[bold green]quickstart done[/bold green] in {result['wall_time_s']:.0f} s. Results: store "
                   f"{result['store']}, summary {result['summary_file']}")
         out.print(f"Inspect with: safetybed runs list --store {result['store']}")

@@ -155,7 +155,12 @@ def apply_perturbations(env: gym.Env, spec: ScenarioSpec) -> gym.Env:
 
 
 def make_env(spec: ScenarioSpec) -> gym.Env:
-    """Build the perturbed environment for a validated scenario spec."""
+    """Build the perturbed environment for a validated scenario spec.
+
+    With ``[testing] method = "nade"`` the highway adapter is wrapped in
+    :class:`safetybed.evaluate.highway.HighwayTester` (innermost), which logs its critical steps in
+    ``info["decisions"]``.
+    """
     if spec.simulator == "highway":
         from safetybed.sims.highway import make_highway_env as factory
     elif spec.simulator == "bullet":
@@ -164,4 +169,11 @@ def make_env(spec: ScenarioSpec) -> gym.Env:
         from safetybed.sims.classic import make_classic_env as factory
     else:  # pragma: no cover - the spec validator allows only the three above
         raise ValueError(f"simulator: expected highway|bullet|classic, got {spec.simulator!r}")
-    return apply_perturbations(factory(spec), spec)
+    env = factory(spec)
+    if spec.testing is not None and spec.testing.method != "nde":
+        # Importance-sampled background traffic (Feng et al. 2021, NADE). The tester wraps the adapter itself, inside
+        # the perturbations, so the action it sees is the ego's applied command (after any action delay).
+        from safetybed.evaluate.highway import make_tester
+
+        env = make_tester(env, spec.testing)
+    return apply_perturbations(env, spec)

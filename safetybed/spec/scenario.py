@@ -62,6 +62,43 @@ class MetricsSpec(StrictModel):
     ttc_cap_s: float = Field(100.0, gt=0)
 
 
+#: Highway families the ``[testing]`` importance-sampling tester supports (one straight road).
+TESTABLE_HIGHWAY_TASKS = ("cruise", "cut_in", "overtaking")
+
+
+class TestingSpec(StrictModel):
+    """How the background traffic is sampled: naturally (NDE) or by importance sampling (NADE).
+
+    ``method = "nde"``: every background decision is drawn from the naturalistic pmf (crude Monte Carlo).
+    ``method = "nade"``: at every 1 Hz decision the most critical nearby vehicle (the POV) draws its action from
+    ``(1 - epsilon) q~ + epsilon p``, where ``q~`` is proportional to ``p`` times the maneuver challenge of surrogate
+    ego ``surrogate`` (a kinematic look-ahead of ``lookahead_s``), and the step is skipped (weight 1) when the POV's
+    criticality does not exceed ``criticality_threshold`` (Feng et al. 2021, NADE; ``safetybed.evaluate.highway``).
+    Highway scenarios only (straight-road families with naturalistic drivers).
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    method: Literal["nde", "nade", "d2rl", "adate"] = "nde"
+    epsilon: float = Field(0.1, gt=0, le=1)
+    lookahead_s: float = Field(2.0, gt=0, le=10)
+    criticality_threshold: float = Field(0.0, ge=0, lt=1)
+    # Row of safetybed.evaluate.lookahead.DEFAULT_SURROGATES (3 surrogates; tests check the bound stays in sync).
+    surrogate: int = Field(0, ge=0, le=2)
+    # d2rl: a policy written by safetybed.evaluate.d2rl.save_policy (safetensors); adate: a proposal written by
+    # safetybed.evaluate.adate.save_proposal (JSON). Relative paths are resolved against the working directory.
+    proposal_file: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check_proposal_file(self) -> TestingSpec:
+        if self.method in ("d2rl", "adate") and self.proposal_file is None:
+            raise ValueError(f"proposal_file: method {self.method!r} needs the trained proposal file "
+                             f"(made by safetybed evaluate), got none")
+        if self.method in ("nde", "nade") and self.proposal_file is not None:
+            raise ValueError(f"proposal_file: only used by methods 'd2rl' and 'adate', got method {self.method!r}")
+        return self
+
+
 class ScenarioSpec(StrictModel):
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
@@ -73,6 +110,7 @@ class ScenarioSpec(StrictModel):
     highway: HighwaySpec | None = None
     bullet: BulletSpec | None = None
     classic: ClassicSpec | None = None
+    testing: TestingSpec | None = None
 
     @model_validator(mode="after")
     def _check_task_and_section(self) -> ScenarioSpec:
@@ -88,6 +126,16 @@ class ScenarioSpec(StrictModel):
             object.__setattr__(self, self.simulator, default)
         if self.simulator == "highway":
             self.highway.check_task(self.task)
+        if self.testing is not None:
+            if self.simulator != "highway":
+                raise ValueError(f"testing: section only allowed for simulator 'highway' (importance-sampled "
+                                 f"background traffic), got simulator {self.simulator!r}")
+            if self.testing.method != "nde" and self.task not in TESTABLE_HIGHWAY_TASKS:
+                raise ValueError(f"testing.method: {self.testing.method!r} needs one of the straight-road tasks "
+                                 f"{list(TESTABLE_HIGHWAY_TASKS)}, got task {self.task!r}")
+            if self.testing.method != "nde" and self.highway.driver.model != "naturalistic":
+                raise ValueError(f"testing.method: {self.testing.method!r} needs naturalistic background drivers "
+                                 f"(highway.driver.model = 'naturalistic'), got {self.highway.driver.model!r}")
         return self
 
     def section(self) -> HighwaySpec | BulletSpec | ClassicSpec:

@@ -1,0 +1,212 @@
+"""Run each crash-rate evaluation method on the known-answer cut-in testbed.
+
+``method`` is one of :data:`METHODS`:
+
+* ``crude`` — naturalistic (NDE) testing, crude Monte Carlo;
+* ``nade`` — NADE importance sampling (surrogate row 0, epsilon = 0.1);
+* ``scv`` — NADE tests post-processed with sparse control variates (both the stratified and the martingale
+  variant, 2-fold cross-fitted);
+* ``d2rl`` — NADE behaviour tests train the D2RL epsilon policy (PPO on critical steps of crash tests), then new
+  tests run under it (the training tests are reported separately as ``training_tests``);
+* ``adate`` — AdaTE batches (surrogate-combination QP + dense target + gap-driven policy), all batches pooled.
+
+All randomness comes from ``numpy.random.SeedSequence(seed)``: one child stream per purpose, so a method's tests
+are a pure function of (seed, method, options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from safetybed.evaluate.estimators import (
+    EstimateResult,
+    EstimatorInputError,
+    crude_estimate,
+    nade_estimate,
+    scv_estimate,
+)
+from safetybed.evaluate.testbed import (
+    LOG_WEIGHT_FEATURE,
+    CutInTables,
+    TestBatch,
+    adate_batch_runner,
+    crash_episodes,
+)
+
+METHODS = ("crude", "nade", "scv", "d2rl", "adate")
+
+
+@dataclass
+class MethodRun:
+    """The tests one method ran and the estimates computed from them."""
+
+    method: str
+    results: list[EstimateResult]
+    batch: TestBatch
+    training_tests: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tests(self) -> int:
+        return self.batch.n
+
+    def primary(self) -> EstimateResult:
+        return self.results[0]
+
+
+def estimates_for(method: str, batch: TestBatch, *, confidence: float) -> list[EstimateResult]:
+    """The estimates a method reports from its tests (SCV: martingale first, then stratified)."""
+    if method == "crude":
+        return [crude_estimate(batch.crashed, confidence=confidence)]
+    records = batch.records()
+    if method == "scv":
+        return [scv_estimate(records, variant="martingale", cross_fit=True, confidence=confidence),
+                scv_estimate(records, variant="stratified", cross_fit=True, confidence=confidence)]
+    result = nade_estimate(records, confidence=confidence)
+    return [_renamed(result, method)]
+
+
+def _renamed(result: EstimateResult, method: str) -> EstimateResult:
+    from dataclasses import replace
+
+    return replace(result, method=method)
+
+
+def train_testbed_d2rl(tables: CutInTables, *, seed: np.random.SeedSequence, behaviour_tests: int,
+                       iterations: int, progress=None):
+    """NADE behaviour tests, then PPO on their crash episodes; returns (policy, info, behaviour tests run)."""
+    from safetybed.evaluate.d2rl import D2RLConfig, train_d2rl
+    from safetybed.evaluate.nade import NadeProposal
+
+    behaviour_stream, train_stream = seed.spawn(2)
+    behaviour = tables.run(behaviour_tests, rng=np.random.default_rng(behaviour_stream),
+                           table=tables.tabulate(NadeProposal()))
+    episodes = crash_episodes(tables, behaviour)
+    policy, history = train_d2rl(episodes, seed=int(train_stream.generate_state(1)[0]),
+                                 config=D2RLConfig(iterations=iterations, log_weight_feature=LOG_WEIGHT_FEATURE),
+                                 progress=progress)
+    info = {"training_crash_episodes": len(episodes), "training_second_moment_ratio": history["second_moment_ratio"],
+            "policy": policy}
+    return policy, info, behaviour.n
+
+
+def run_testbed_method(tables: CutInTables, method: str, *, tests: int, seed: int, confidence: float = 0.9,
+                       d2rl_behaviour_tests: int = 20_000, d2rl_iterations: int = 40, adate_batches: int = 5,
+                       progress=None) -> MethodRun:
+    """Run ``tests`` tests of ``method`` on the testbed and estimate the crash probability."""
+    from safetybed.evaluate.nade import NadeProposal
+
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    streams = np.random.SeedSequence(seed).spawn(2)
+    test_rng = np.random.default_rng(streams[0])
+    info: dict[str, Any] = {}
+    training = 0
+    if method == "crude":
+        batch = tables.run(tests, rng=test_rng)
+    elif method in ("nade", "scv"):
+        batch = tables.run(tests, rng=test_rng, table=tables.tabulate(NadeProposal()))
+    elif method == "d2rl":
+        from safetybed.evaluate.d2rl import D2RLProposal
+
+        policy, info, training = train_testbed_d2rl(tables, seed=streams[1], behaviour_tests=d2rl_behaviour_tests,
+                                                    iterations=d2rl_iterations, progress=progress)
+        batch = tables.run(tests, rng=test_rng, table=tables.tabulate(D2RLProposal(policy=policy)))
+    else:  # adate
+        from safetybed.evaluate.adate import run_adate
+
+        sink: list[TestBatch] = []
+        per_batch = max(tests // adate_batches, 1)
+        sizes = [per_batch] * (adate_batches - 1) + [tests - per_batch * (adate_batches - 1)]
+        runner = adate_batch_runner(tables, rng=test_rng, sink=sink)
+        result = run_adate(lambda proposal, n, _sizes=iter(sizes): runner(proposal, next(_sizes)),
+                           m=len(tables.bed.surrogates), batches=adate_batches, batch_size=per_batch,
+                           progress=progress)
+        batch = TestBatch.concatenate(sink)
+        info["weights"] = [w.tolist() for w in result["weights"]]
+    return MethodRun(method=method, results=estimates_for(method, batch, confidence=confidence), batch=batch,
+                     training_tests=training, info=info)
+
+
+@dataclass
+class CoverageRow:
+    """Coverage of one method over independent repetitions on the testbed."""
+
+    method: str
+    repetitions: int
+    tests_per_repetition: int
+    covered: int
+    estimates: list[float]
+    rhws: list[float | None]
+    failures: int = 0  # repetitions whose estimator refused the data (e.g. no crash)
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / max(self.repetitions, 1)
+
+    def to_json(self, exact: float) -> dict[str, Any]:
+        estimates = np.array(self.estimates)
+        sem = float(estimates.std(ddof=1) / np.sqrt(estimates.size)) if estimates.size > 1 else float("nan")
+        rhws = [r for r in self.rhws if r is not None]
+        return {"method": self.method, "repetitions": self.repetitions, "tests_per_repetition":
+                self.tests_per_repetition, "covered": self.covered, "coverage": self.coverage,
+                "failures": self.failures, "mean_estimate": float(estimates.mean()) if estimates.size else None,
+                "bias_z": float((estimates.mean() - exact) / sem) if estimates.size > 1 and sem > 0 else None,
+                "median_rhw": float(np.median(rhws)) if rhws else None}
+
+
+def coverage_study(tables: CutInTables, *, methods: list[str], repetitions: int, tests: dict[str, int], seed: int,
+                   confidence: float = 0.9, d2rl_iterations: int = 40, progress=None) -> list[CoverageRow]:
+    """Repeat each method ``repetitions`` times with independent seeds; count CIs covering the exact answer.
+
+    The D2RL policy is trained once (its own seed) and then evaluated in every repetition, as a user would deploy
+    it; AdaTE runs its whole adaptive loop in every repetition (its pooled estimate is what is being checked).
+    SCV contributes two rows (``scv-martingale``, ``scv-stratified``).
+    """
+    exact = tables.exact_crash_probability
+    rows: dict[str, CoverageRow] = {}
+    children = np.random.SeedSequence(seed).spawn(len(methods))
+    for method, child in zip(methods, children, strict=True):
+        rep_seeds = child.spawn(repetitions + 1)
+        policy = None
+        if method == "d2rl":
+            policy, _, _ = train_testbed_d2rl(tables, seed=rep_seeds[-1], behaviour_tests=20_000,
+                                              iterations=d2rl_iterations)
+        for rep in range(repetitions):
+            rep_seed = int(rep_seeds[rep].generate_state(1)[0])
+            if policy is not None:
+                from safetybed.evaluate.d2rl import D2RLProposal
+
+                batch = tables.run(tests[method], rng=np.random.default_rng(rep_seed),
+                                   table=tables.tabulate(D2RLProposal(policy=policy)))
+                run = MethodRun(method="d2rl", results=[], batch=batch)
+                try:
+                    run.results = estimates_for("d2rl", batch, confidence=confidence)
+                except EstimatorInputError:
+                    run.results = []
+            else:
+                try:
+                    run = run_testbed_method(tables, method, tests=tests[method], seed=rep_seed,
+                                             confidence=confidence)
+                except EstimatorInputError:
+                    run = None
+            names = ["scv-martingale", "scv-stratified"] if method == "scv" else [method]
+            for k, name in enumerate(names):
+                row = rows.setdefault(name, CoverageRow(method=name, repetitions=0,
+                                                        tests_per_repetition=tests[method], covered=0,
+                                                        estimates=[], rhws=[]))
+                row.repetitions += 1
+                if run is None or len(run.results) <= k:
+                    row.failures += 1
+                    continue
+                result = run.results[k]
+                low, high = result.ci if result.ci is not None else (0.0, 0.0)
+                row.covered += int(low <= exact <= high)
+                row.estimates.append(result.estimate)
+                row.rhws.append(result.rhw)
+            if progress is not None:
+                progress(method, rep + 1, repetitions)
+    return list(rows.values())
