@@ -165,7 +165,7 @@ def tester_episodes():
 
     spec = nade_spec()
     env = make_env(spec)
-    controller = load_controller("builtin:idm", scenario=spec, observation_space=env.observation_space,
+    controller = load_controller("controllers/highway_sac_shielded.toml", scenario=spec, observation_space=env.observation_space,
                                  action_space=env.action_space)
     episodes = [play(env, controller, seed) for seed in range(4)]
     again = play(env, controller, 2)
@@ -225,7 +225,7 @@ def test_defensive_weight_one_gives_unit_weights():
 
     spec = nade_spec(epsilon=1.0)
     env = make_env(spec)
-    controller = load_controller("builtin:idm", scenario=spec, observation_space=env.observation_space,
+    controller = load_controller("controllers/highway_sac_shielded.toml", scenario=spec, observation_space=env.observation_space,
                                  action_space=env.action_space)
     entries = [entry for seed in range(3) for step in play(env, controller, seed) for entry in step["critical"]]
     assert entries
@@ -285,7 +285,7 @@ def test_records_from_run_roundtrip(tmp_path):
     from safetybed.sims import make_env
 
     env = make_env(spec)
-    controller = load_controller("builtin:idm", scenario=spec, observation_space=env.observation_space,
+    controller = load_controller("controllers/highway_sac_shielded.toml", scenario=spec, observation_space=env.observation_space,
                                  action_space=env.action_space)
     for index, record in enumerate(records):
         fresh = rollout(env, controller, seed=episode_seed(5, index), index=index)
@@ -347,3 +347,33 @@ def test_readme_documents_the_testing_section():
     readme = (REPO_ROOT / "scenarios" / "README.md").read_text(encoding="utf-8")
     assert "[testing]" in readme
     assert not [name for name in TestingSpec.model_fields if f"`{name}`" not in readme]
+
+
+def test_logged_p_is_the_pmf_the_vehicle_decided_with():
+    """Regression: the tester read pmfs before the ego's lane-change command was applied, so a background vehicle
+    whose MOBIL check the ego's new target lane makes unsafe was logged with p = 0.2 instead of the floor; the
+    likelihood ratio must use the pmf the vehicle actually sampled from."""
+    from safetybed.control import load_controller
+    from safetybed.sims import make_env
+    from safetybed.spec import load_scenario
+
+    spec = load_scenario("scenarios/highway/cruise_nade.toml")
+    env = make_env(spec)
+    controller = load_controller("controllers/highway_sac_shielded.toml", scenario=spec, observation_space=env.observation_space,
+                                 action_space=env.action_space)
+    checked = 0
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(controller.act(obs[None])[0])
+            done = terminated or truncated
+            taken = {r.vehicle_id: r for r in env.unwrapped.last_decisions()}
+            for entry in info.get("decisions", []):
+                if entry.get("critical"):
+                    record = taken[entry["vehicle_id"]]
+                    assert entry["p"] == pytest.approx(float(record.pmf[entry["action"]]), rel=1e-12)
+                    q = (1 - entry["epsilon"]) * entry["q_tilde"] + entry["epsilon"] * entry["p"]
+                    assert entry["log_ratio"] == pytest.approx(np.log(entry["p"]) - np.log(q), abs=1e-9)
+                    checked += 1
+    assert checked > 5

@@ -148,10 +148,18 @@ class HighwayTester(gym.Wrapper):
 
     def step(self, action):
         base: HighwayScenarioEnv = self.env.unwrapped
-        entry = self._control_decision(action) if base.decision_due() else None
+        entry = None
+        if base.decision_due():
+            # Apply the ego's command first (idempotent: highway-env applies it again at the step's first frame,
+            # before any background vehicle decides), so the pmfs read here are the ones the vehicles will use.
+            ignored = base.vehicle.ignored_lane_change_requests
+            base.action_type.act(np.asarray(action, dtype=np.float64))
+            base.vehicle.ignored_lane_change_requests = ignored
+            entry = self._control_decision(action)
         obs, reward, terminated, truncated, info = self.env.step(action)
         if entry is not None:
             self._check_override_taken(entry)
+            self._reconcile_pmf(entry)
             info = dict(info)
             info["decisions"] = list(info.get("decisions") or []) + [entry]
         return obs, reward, terminated, truncated, info
@@ -257,6 +265,34 @@ class HighwayTester(gym.Wrapper):
             raise ValueError(f"proposal {name!r}: q_tilde must sum to 1, got {float(q_tilde.sum())!r}")
         if not 0.0 < decision.epsilon <= 1.0:
             raise ValueError(f"proposal {name!r}: epsilon must be in (0, 1], got {decision.epsilon!r}")
+
+    def _reconcile_pmf(self, entry: dict[str, Any]) -> None:
+        """Make the logged likelihood ratio use the pmf the vehicle actually had when it decided.
+
+        A background vehicle acting earlier in the same frame can start a lane change that changes the POV's
+        MOBIL safety check, so its naturalistic pmf at decision time can differ from the one read before the
+        step. The importance weight must be ``p_actual(u) / q(u)`` with ``q`` the mixture actually sampled from;
+        the entry is rewritten so that ``(p, q_tilde, epsilon)`` still reproduce that ``q`` exactly
+        (``q_tilde' = (q - eps p_actual) / (1 - eps)``, or ``q_tilde' = 0, eps' = q / p_actual`` when that would be
+        negative) and is flagged ``pmf_reconciled``.
+        """
+        base: HighwayScenarioEnv = self.env.unwrapped
+        taken = next(r for r in base.last_decisions() if r.vehicle_id == entry["vehicle_id"])
+        p_actual = float(taken.pmf[entry["action"]])
+        if abs(p_actual - entry["p"]) <= 1e-12 * max(p_actual, entry["p"]):
+            return
+        q = (1.0 - entry["epsilon"]) * entry["q_tilde"] + entry["epsilon"] * entry["p"]
+        if p_actual <= 0.0:
+            raise RuntimeError(f"HighwayTester: vehicle {entry['vehicle_id']} took action {entry['action']} that its "
+                               f"own pmf gives probability 0 at t = {entry['time_s']:g} s")
+        eps = entry["epsilon"]
+        q_tilde = (q - eps * p_actual) / (1.0 - eps) if eps < 1.0 else -1.0
+        if q_tilde < 0.0:
+            q_tilde, eps = 0.0, q / p_actual
+        log_ratio = math.log(p_actual) - math.log(q)
+        self.log_weight += log_ratio - entry["log_ratio"]
+        entry.update({"p": p_actual, "q_tilde": q_tilde, "epsilon": eps, "log_ratio": log_ratio,
+                      "pmf_reconciled": True, "p_full": [float(x) for x in taken.pmf]})
 
     def _check_override_taken(self, entry: dict[str, Any]) -> None:
         base: HighwayScenarioEnv = self.env.unwrapped
