@@ -4,8 +4,10 @@ It runs the first two jobs users come for. A scenario batch run on both real sim
 cut-in family against the built-in IDM/MOBIL driver and the pybullet Panda reach task against the scripted
 reach controller. Then a certification report: the noise-trained CartPole controller smoothed with
 sigma = 0.2 (``certify/cartpole_sigma0.2.toml``) on ``10 x episodes`` clean episodes (at least 200; the spec's
-10,000 and its attacks are for ``safetybed certify``). Results go to ``OUT/runs.sqlite``,
-``OUT/certificate/{certificate.json,report.html}`` and ``OUT/summary.json``.
+10,000 and its attacks are for ``safetybed certify``). Last, a crash-rate evaluation on the known-answer cut-in
+testbed (crude MC, NADE, SCV and AdaTE against the exact crash probability; ``safetybed evaluate``). Results go
+to ``OUT/runs.sqlite``, ``OUT/certificate/{certificate.json,report.html}``,
+``OUT/evaluation/{evaluation.json,report.html}`` and ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from safetybed.runner import RunStore, run_summary, start_run
 
 QUICKSTART_JOBS = (("highway/cut_in", "builtin:idm"), ("bullet/reach", "builtin:reach"))
 QUICKSTART_CERTIFICATION = "cartpole_sigma0.2.toml"
+QUICKSTART_EVALUATION = ("testbed:cut_in", "builtin:idm", ["crude", "nade", "scv", "adate"])
 
 
 def _certification_spec() -> Path:
@@ -52,7 +55,18 @@ def run_quickstart(*, out_dir: Path, episodes: int, workers: int, on_summary: Ca
     certificate = certify_from_spec(_certification_spec(), episodes=max(10 * episodes, 200), attack_episodes=0,
                                     out_dir=out_dir / "certificate", store_path=store_path, workers=workers,
                                     progress=progress_factory)
+    from safetybed.evaluate.pipeline import evaluate_testbed
+
+    scenario, controller, methods = QUICKSTART_EVALUATION
+    with progress_factory("crash-rate evaluation (testbed)") as progress:
+        evaluation = evaluate_testbed(scenario, controller=controller, methods=methods, seed=0,
+                                      out_dir=out_dir / "evaluation", bootstrap_resamples=50, progress=progress)
     result = {"store": str(store_path), "summary_file": str(out_dir / "summary.json"), "runs": results,
+              "evaluation": {"scenario": scenario, "exact_crash_probability": evaluation["exact_crash_probability"],
+                             "files": evaluation["files"],
+                             "methods": [{key: entry[key] for key in ("method", "estimate", "ci", "rhw", "n",
+                                                                      "n_crashes", "tests_needed")}
+                                         for entry in evaluation["methods"]]},
               "certificate": {key: certificate[key] for key in ("certificate_id", "name", "sigma", "alpha", "method",
                                                                  "certified", "files")}
               | {"clean_estimate": certificate["clean"]["estimate"], "episodes": certificate["samples"]["episodes"]},
