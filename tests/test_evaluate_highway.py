@@ -285,7 +285,7 @@ def test_records_from_run_roundtrip(tmp_path):
     from safetybed.sims import make_env
 
     env = make_env(spec)
-    controller = load_controller("controllers/highway_sac_shielded.toml", scenario=spec, observation_space=env.observation_space,
+    controller = load_controller("builtin:idm", scenario=spec, observation_space=env.observation_space,
                                  action_space=env.action_space)
     for index, record in enumerate(records):
         fresh = rollout(env, controller, seed=episode_seed(5, index), index=index)
