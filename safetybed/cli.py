@@ -453,6 +453,9 @@ def print_evaluation(document) -> None:
                       _fmt(ratios["crude"]) if "crude" in ratios else "-",
                       _fmt(ratios["nade"]) if "nade" in ratios else "-")
     out.print(table)
+    for entry in document["methods"]:
+        if entry.get("caveat"):
+            out.print(f"note: {entry['method']} is {entry['caveat']}", markup=False, highlight=False)
     if document.get("exact_crash_probability") is not None:
         out.print(f"exact crash probability: {document['exact_crash_probability']:.6g}")
     for row in document.get("coverage", []):
@@ -488,6 +491,7 @@ def quickstart(
                   f"(alpha = {certificate['alpha']:g}); report {certificate['files']['report']}")
         evaluation = result["evaluation"]
         estimates = "; ".join(f"{row['method']} {row['estimate']:.3g} (RHW {row['rhw']:.2f}, {row['n']} tests)"
+                              + (" [biased here: see its caveat]" if row.get("caveat") else "")
                               for row in evaluation["methods"] if row["rhw"] is not None)
         out.print(f"crash-rate evaluation on {evaluation['scenario']} (exact "
                   f"{evaluation['exact_crash_probability']:.3g}): {estimates}; report {evaluation['files']['html']}")

@@ -64,8 +64,8 @@ def run_quickstart(*, out_dir: Path, episodes: int, workers: int, on_summary: Ca
     result = {"store": str(store_path), "summary_file": str(out_dir / "summary.json"), "runs": results,
               "evaluation": {"scenario": scenario, "exact_crash_probability": evaluation["exact_crash_probability"],
                              "files": evaluation["files"],
-                             "methods": [{key: entry[key] for key in ("method", "estimate", "ci", "rhw", "n",
-                                                                      "n_crashes", "tests_needed")}
+                             "methods": [{key: entry.get(key) for key in ("method", "estimate", "ci", "rhw", "n",
+                                                                          "n_crashes", "tests_needed", "caveat")}
                                          for entry in evaluation["methods"]]},
               "certificate": {key: certificate[key] for key in ("certificate_id", "name", "sigma", "alpha", "method",
                                                                  "certified", "files")}

@@ -25,6 +25,9 @@ from safetybed.evaluate.estimators import (
     tests_to_rhw,
 )
 
+STRATIFIED_CAVEAT = ("biased when the number of critical steps depends on earlier maneuvers (E[r | K] != 1; "
+                     "research/cav_eval.md 2.3); use scv-martingale")
+
 
 def method_entry(result: EstimateResult, *, tests: int, training_tests: int = 0, target: float = 0.3,
                  bootstrap_resamples: int = 200, seed: int = 0, curve_points: int = 200) -> dict[str, Any]:
@@ -37,6 +40,8 @@ def method_entry(result: EstimateResult, *, tests: int, training_tests: int = 0,
     entry["tests_needed"] = (float(tests_needed(result, target=target)) if result.rhw is not None else None)
     entry["tests_needed_is_extrapolated"] = True
     entry["tests_to_target"] = tests_to_rhw(values, target=target, confidence=result.confidence)
+    if result.method == "scv-stratified":
+        entry["caveat"] = STRATIFIED_CAVEAT
     if result.n_crashes > 0 and bootstrap_resamples > 0:
         boot = bootstrap_tests_to_rhw(values, target=target, resamples=bootstrap_resamples, seed=seed,
                                       confidence=result.confidence)

@@ -70,13 +70,15 @@ def render_evaluation_html(document: dict[str, Any]) -> str:
                        for key in ("scenario", "controller", "seed", "confidence", "target_rhw",
                                    "exact_crash_probability", "package_version") if key in document])
     plot = f'<img alt="RHW vs tests" src="{_rhw_plot(document)}">'
+    caveats = "".join(f"<p class='fail'>{escape(entry['method'])}: {escape(entry['caveat'])}</p>"
+                      for entry in document["methods"] if entry.get("caveat"))
     title = f"Crash-rate evaluation: {document.get('scenario', '')}"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}.pass{color:green}.fail{color:red}"
             f"</style></head><body><h1>{escape(title)}</h1>"
             f"<p>Controller: {escape(str(document.get('controller', '')))}. Crash probability per test.</p>"
-            f"{summary}{_Raw(plot)}{coverage_html}<h2>Settings</h2>{settings}</body></html>")
+            f"{summary}{caveats}{_Raw(plot)}{coverage_html}<h2>Settings</h2>{settings}</body></html>")
 
 
 def write_evaluation(document: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
