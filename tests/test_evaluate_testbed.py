@@ -153,3 +153,15 @@ def test_cli_evaluate_testbed_json_and_bad_input(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "safetybed", "evaluate", "testbed:cut_in", "--controller",
                           "builtin:random", "--method", "nade"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--controller" in bad.stderr
+
+
+def test_until_rhw_adds_tests_until_the_target(tmp_path):
+    from safetybed.evaluate.pipeline import evaluate_testbed
+
+    document = evaluate_testbed("testbed:cut_in", controller="builtin:idm", methods=["nade"], tests=300,
+                                until_rhw=0.3, bootstrap_resamples=0, seed=1)
+    entry = document["methods"][0]
+    assert entry["n"] > 300 and entry["rhw"] < 0.3
+    capped = evaluate_testbed("testbed:cut_in", controller="builtin:idm", methods=["crude"], tests=1000,
+                              until_rhw=0.3, max_tests=4000, bootstrap_resamples=0, seed=1)
+    assert capped["methods"][0]["n"] == 4000  # crude MC cannot get there within the cap
