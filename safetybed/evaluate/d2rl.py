@@ -52,13 +52,18 @@ class EpsilonPolicy(nn.Module):
     def __init__(self, feature_dim: int, *, hidden: int = 64, initial_epsilon: float = 0.1,
                  generator: torch.Generator | None = None):
         super().__init__()
-        with torch.random.fork_rng(devices=[]):
-            if generator is not None:
-                torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        with torch.random.fork_rng(devices=[]):  # construction must not advance the global torch RNG
             self.actor = nn.Sequential(nn.Linear(feature_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                                        nn.Linear(hidden, 1))
             self.critic = nn.Sequential(nn.Linear(feature_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden),
                                         nn.Tanh(), nn.Linear(hidden, 1))
+        if generator is not None:  # re-draw every layer from the caller's generator (PyTorch's default bounds)
+            with torch.no_grad():
+                for layer in [*self.actor, *self.critic]:
+                    if isinstance(layer, nn.Linear):
+                        bound = 1.0 / math.sqrt(layer.in_features)
+                        nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+                        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
         fraction = (initial_epsilon - EPS_MIN) / (EPS_MAX - EPS_MIN)
         with torch.no_grad():  # start at NADE's epsilon: zero last layer, bias = logit of the initial value
             self.actor[-1].weight.zero_()
