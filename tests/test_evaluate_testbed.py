@@ -70,8 +70,17 @@ def test_every_proposal_is_exactly_unbiased(tables, make):
     """E_q[1{crash} W] = mu exactly (enumeration), for NADE, AdaTE and D2RL proposals alike."""
     mean, second = exact_moments(tables, tables.tabulate(make(3)))
     assert mean == pytest.approx(tables.exact_crash_probability, rel=1e-12)
-    # also from the weights as the tests compute them: sum over the grid of q * Y equals mu
     assert second > mean ** 2
+
+
+def test_exact_moments_detect_lost_support(tables):
+    """Without the defensive mixture an optimistic surrogate gives some crashes q = 0: E_q[Y] < mu (the check
+    above can fail)."""
+    table = tables.tabulate(NadeProposal(surrogate=1))
+    table.eps0[:] = 0.0
+    table.eps1[:] = 0.0
+    mean, _ = exact_moments(tables, table)
+    assert mean < 0.99 * tables.exact_crash_probability
 
 
 def test_nade_with_a_pessimistic_surrogate_beats_crude_mc(tables):

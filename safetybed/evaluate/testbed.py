@@ -363,21 +363,22 @@ def _inverse_cdf(pmf: np.ndarray, uniform: np.ndarray) -> np.ndarray:
 def exact_moments(tables: CutInTables, table: ProposalTable | None) -> tuple[float, float]:
     """Exact ``(E_q[Y], E_q[Y^2])`` of one test under a tabulated proposal (``None``: naturalistic, Y = 1{crash}).
 
-    ``E_q[Y^2] = sum_x p(x) W(x) 1{crash(x)}`` with ``W = p / q`` over the critical steps, enumerated on the grid;
-    ``E_q[Y^2] / mu^2 - 1`` is the relative variance per test, so ``30 * that`` tests reach RHW 0.3.
+    Enumerates the grid under the *sampling* distribution ``q(x) = p(r0) s0(a0) s1(a1)``, where each step's
+    ``s`` is the defensive mixture at critical steps and ``p`` elsewhere, with ``Y = 1{crash} p(x) / q(x)``.
+    ``E_q[Y] = mu`` holds only if the mixture and the weights are right (and ``q > 0`` wherever a crash has
+    ``p > 0``); ``E_q[Y^2] / mu^2 - 1`` is the relative variance per test, so ``30 * that`` tests reach RHW 0.3.
     """
     p_joint = tables.gap_pmf[:, None, None] * tables.p0[:, :, None] * tables.p1  # (G, 31, 31)
     if table is None:
-        weight = np.ones_like(p_joint)
+        q_joint = p_joint
     else:
         q0 = (1 - table.eps0[:, None]) * table.qt0 + table.eps0[:, None] * tables.p0
-        w0 = np.where(table.crit0[:, None] > 0, tables.p0 / np.where(q0 > 0, q0, np.inf), 1.0)
         q1 = (1 - table.eps1[:, :, None]) * table.qt1 + table.eps1[:, :, None] * tables.p1
-        w1 = np.where(table.crit1[:, :, None] > 0, tables.p1 / np.where(q1 > 0, q1, np.inf), 1.0)
-        weight = w0[:, :, None] * w1
-    mean = float((p_joint * tables.crash).sum())
-    second = float((p_joint * weight * tables.crash).sum())
-    return mean, second
+        s0 = np.where(table.crit0[:, None] > 0, q0, tables.p0)
+        s1 = np.where(table.crit1[:, :, None] > 0, q1, tables.p1)
+        q_joint = tables.gap_pmf[:, None, None] * s0[:, :, None] * s1
+    y = np.where(q_joint > 0, tables.crash * p_joint / np.where(q_joint > 0, q_joint, 1.0), 0.0)
+    return float((q_joint * y).sum()), float((q_joint * y * y).sum())
 
 
 LOG_WEIGHT_FEATURE = 4  #: column of :meth:`CutInTables.features` holding log W so far / (5 ln 10)
