@@ -24,7 +24,7 @@ abstract: the paper's body was not available, so the choices below are ours and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,22 +130,30 @@ def dense_returns(crashed: bool, steps: list[StepLog]) -> list[float]:
     return out[::-1]
 
 
+def batch_sizes(tests: int, batches: int) -> list[int]:
+    """Split ``tests`` into ``batches`` near-equal batches (the last one takes the remainder)."""
+    if batches < 1 or tests < batches:
+        raise ValueError(f"tests, batches: expected 1 <= batches <= tests, got {tests!r}, {batches!r}")
+    size = tests // batches
+    return [size] * (batches - 1) + [tests - size * (batches - 1)]
+
+
 def run_adate(run_batch: Callable[[AdaTEProposal, int], list[tuple[bool, list[StepLog]]]], *, m: int,
-              batches: int, batch_size: int, initial_weights: np.ndarray | None = None, kappa: float = 1.0,
+              sizes: Sequence[int], initial_weights: np.ndarray | None = None, kappa: float = 1.0,
               epsilon: float = 0.1, progress=None) -> dict:
     """The AdaTE loop: {run a batch -> update c* (dense RL) -> solve the QP -> rebuild the policy}.
 
-    ``run_batch(proposal, n)`` runs ``n`` tests under ``proposal`` and returns per test ``(crashed, steps)``.
-    Returns the proposals used (one per batch), the weights history and the per-batch test logs.
+    ``run_batch(proposal, n)`` runs ``n`` tests under ``proposal`` and returns per test ``(crashed, steps)``;
+    batch ``k`` has ``sizes[k]`` tests. Returns the weights history, the per-batch test logs and the target.
     """
-    if batches < 1 or batch_size < 1:
-        raise ValueError(f"batches, batch_size: expected positive integers, got {batches!r}, {batch_size!r}")
+    if not sizes or any(n < 1 for n in sizes):
+        raise ValueError(f"sizes: expected one positive test count per batch, got {list(sizes)!r}")
     weights = np.eye(m)[0] if initial_weights is None else np.asarray(initial_weights, dtype=np.float64)
     target = DenseTarget()
     history, logs = [weights.copy()], []
-    for batch in range(batches):
+    for batch, size in enumerate(sizes):
         proposal = AdaTEProposal(weights=weights.copy(), target=_frozen_copy(target), kappa=kappa, epsilon=epsilon)
-        tests = run_batch(proposal, batch_size)
+        tests = run_batch(proposal, size)
         logs.append(tests)
         for crashed, steps in tests:
             for step, value in zip(steps, dense_returns(crashed, steps), strict=True):
@@ -156,7 +164,7 @@ def run_adate(run_batch: Callable[[AdaTEProposal, int], list[tuple[bool, list[St
                 weights = history[-1].copy()
         history.append(weights.copy())
         if progress is not None:
-            progress(batch + 1, batches)
+            progress(batch + 1, len(sizes))
     return {"weights": history, "logs": logs, "target": target}
 
 

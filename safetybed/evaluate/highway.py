@@ -311,22 +311,14 @@ def records_from_run(store_path: str | Path, run_id: str) -> list[TestRecord]:
     without a tester (NDE) gives records with empty sequences. Raises
     :class:`~safetybed.errors.InputError` if the store or the run does not exist.
     """
-    from safetybed.runner.store import RunStore
-
-    with RunStore(store_path, create=False) as store:
-        store.get_run(run_id)
-        episodes = store.episodes(run_id, with_logs=True)
-    records = []
-    for episode in episodes:
-        critical = [d for d in (episode.decisions or []) if d.get("critical")]
-        records.append(TestRecord(crashed=bool(episode.collision), p=tuple(float(d["p"]) for d in critical),
-                                  q_tilde=tuple(float(d["q_tilde"]) for d in critical),
-                                  epsilon=tuple(float(d["epsilon"]) for d in critical)))
-    return records
+    return records_from_logs(critical_logs_from_run(store_path, run_id))
 
 
-__all__ = ["CRITICAL_KEYS", "FEATURE_NAMES", "HighwayTester", "SUPPORTED_TASKS", "make_proposal", "make_tester",
-           "records_from_run"]
+def records_from_logs(logs: list[tuple[bool, list[dict[str, Any]]]]) -> list[TestRecord]:
+    """:class:`TestRecord` s from the per-test ``(crashed, critical steps)`` of :func:`critical_logs_from_run`."""
+    return [TestRecord(crashed=crashed, p=tuple(float(d["p"]) for d in steps),
+                       q_tilde=tuple(float(d["q_tilde"]) for d in steps),
+                       epsilon=tuple(float(d["epsilon"]) for d in steps)) for crashed, steps in logs]
 
 
 def critical_logs_from_run(store_path: str | Path, run_id: str) -> list[tuple[bool, list[dict[str, Any]]]]:
@@ -337,3 +329,7 @@ def critical_logs_from_run(store_path: str | Path, run_id: str) -> list[tuple[bo
         store.get_run(run_id)
         episodes = store.episodes(run_id, with_logs=True)
     return [(bool(e.collision), [d for d in (e.decisions or []) if d.get("critical")]) for e in episodes]
+
+
+__all__ = ["CRITICAL_KEYS", "FEATURE_NAMES", "HighwayTester", "SUPPORTED_TASKS", "critical_logs_from_run",
+           "make_proposal", "make_tester", "records_from_logs", "records_from_run"]

@@ -116,15 +116,11 @@ def run_testbed_method(tables: CutInTables, method: str, *, tests: int, seed: in
                                                     iterations=d2rl_iterations, progress=progress)
         batch = tables.run(tests, rng=test_rng, table=tables.tabulate(D2RLProposal(policy=policy)))
     else:  # adate
-        from safetybed.evaluate.adate import run_adate
+        from safetybed.evaluate.adate import batch_sizes, run_adate
 
         sink: list[TestBatch] = []
-        per_batch = max(tests // adate_batches, 1)
-        sizes = [per_batch] * (adate_batches - 1) + [tests - per_batch * (adate_batches - 1)]
-        runner = adate_batch_runner(tables, rng=test_rng, sink=sink)
-        result = run_adate(lambda proposal, n, _sizes=iter(sizes): runner(proposal, next(_sizes)),
-                           m=len(tables.bed.surrogates), batches=adate_batches, batch_size=per_batch,
-                           progress=progress)
+        result = run_adate(adate_batch_runner(tables, rng=test_rng, sink=sink), m=len(tables.bed.surrogates),
+                           sizes=batch_sizes(tests, adate_batches), progress=progress)
         batch = TestBatch.concatenate(sink)
         info["weights"] = [w.tolist() for w in result["weights"]]
     return MethodRun(method=method, results=estimates_for(method, batch, confidence=confidence), batch=batch,

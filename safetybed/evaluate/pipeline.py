@@ -145,7 +145,7 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
     """
     from safetybed.catalogue import load_scenario_arg
     from safetybed.evaluate.estimators import crude_estimate, nade_estimate, scv_estimate
-    from safetybed.evaluate.highway import SUPPORTED_TASKS, critical_logs_from_run, records_from_run
+    from safetybed.evaluate.highway import SUPPORTED_TASKS, critical_logs_from_run, records_from_logs
     from safetybed.runner import RunStore, start_run
     from safetybed.spec.scenario import TestingSpec
 
@@ -161,6 +161,16 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
     folder = Path(out_dir) if out_dir is not None else Path("evaluations") / f"{spec.name.replace('/', '_')}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     run_ids: dict[str, list[str]] = {}
+    read: dict[str, list[tuple[bool, list[dict[str, Any]]]]] = {}
+
+    def logs_of(run_id: str) -> list[tuple[bool, list[dict[str, Any]]]]:
+        """Per test ``(crashed, critical steps)`` of a finished run, read from the store once."""
+        if run_id not in read:
+            read[run_id] = critical_logs_from_run(store_path, run_id)
+        return read[run_id]
+
+    def records_of(*run_ids_: str):
+        return [r for rid in run_ids_ for r in records_from_logs(logs_of(rid))]
 
     def derived(method: str, proposal_file: Path | None = None):
         testing = TestingSpec.model_validate({
@@ -206,7 +216,7 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
     for index, method in enumerate(methods):
         if method == "crude":
             def crude_chunks(chunks):
-                return crude_estimate([r.crashed for rid in chunks for r in records_from_run(store_path, rid)],
+                return crude_estimate([r.crashed for r in records_of(*chunks)],
                                       confidence=confidence)
             result, n = until("crude", crude_chunks,
                               lambda k, c: run("nde", k, chunk_seed("crude", c), label="crude"))
@@ -215,10 +225,10 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
             if not nade_runs:
                 def nade_chunks(chunks):
                     nade_runs[:] = chunks
-                    return _safe(nade_estimate, [r for rid in chunks for r in records_from_run(store_path, rid)],
+                    return _safe(nade_estimate, records_of(*chunks),
                                  confidence=confidence)
                 until("nade", nade_chunks, lambda k, c: run("nade", k, chunk_seed("nade", c), label="nade"))
-            records = [r for rid in nade_runs for r in records_from_run(store_path, rid)]
+            records = records_of(*nade_runs)
             if method == "nade":
                 results.append((nade_estimate(records, confidence=confidence), len(records), 0, {}))
             else:
@@ -227,15 +237,15 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
                                     len(records), 0, {}))
         elif method == "d2rl":
             results.append(_highway_d2rl(
-                run=run, count=count, chunk_seed=chunk_seed, nade_runs=nade_runs, store_path=store_path,
+                run=run, count=count, chunk_seed=chunk_seed, nade_runs=nade_runs,
                 folder=folder, epsilon=base.epsilon, surrogate=base.surrogate,
                 threshold=base.criticality_threshold, iterations=d2rl_iterations, seed=seed,
-                confidence=confidence, critical_logs=critical_logs_from_run, records=records_from_run))
+                confidence=confidence, logs_of=logs_of, records_of=records_of))
         else:  # adate
             results.append(_highway_adate(
-                run=run, count=count, chunk_seed=chunk_seed, store_path=store_path, folder=folder,
+                run=run, count=count, chunk_seed=chunk_seed, folder=folder,
                 epsilon=base.epsilon, batches=adate_batches, confidence=confidence,
-                critical_logs=critical_logs_from_run, records=records_from_run))
+                logs_of=logs_of, records_of=records_of))
         if progress is not None:
             progress(index + 1, len(methods))
     entries = []
@@ -271,8 +281,8 @@ def _safe(estimator, records, **options):
         return None
 
 
-def _highway_d2rl(*, run, count, chunk_seed, nade_runs, store_path, folder, epsilon, surrogate, threshold,
-                  iterations, seed, confidence, critical_logs, records):
+def _highway_d2rl(*, run, count, chunk_seed, nade_runs, folder, epsilon, surrogate, threshold, iterations, seed,
+                  confidence, logs_of, records_of):
     """D2RL on a highway scenario: crash tests of NADE (behaviour) -> PPO -> a run under the trained policy."""
     import math
 
@@ -283,7 +293,7 @@ def _highway_d2rl(*, run, count, chunk_seed, nade_runs, store_path, folder, epsi
     behaviour_runs = list(nade_runs)
     if not behaviour_runs:
         behaviour_runs = [run("nade", count("d2rl"), chunk_seed("d2rl-behaviour", 0), label="d2rl-behaviour")]
-    logs = [item for rid in behaviour_runs for item in critical_logs(store_path, rid)]
+    logs = [item for rid in behaviour_runs for item in logs_of(rid)]
     training_tests = len(logs)  # the behaviour (NADE) tests D2RL learnt from: part of its cost
     episodes = []
     for crashed, steps in logs:
@@ -299,7 +309,7 @@ def _highway_d2rl(*, run, count, chunk_seed, nade_runs, store_path, folder, epsi
     policy_file = folder / "d2rl_policy.safetensors"
     save_policy(policy, policy_file, base=NadeProposal(epsilon=epsilon, surrogate=surrogate, threshold=threshold))
     run_id = run("d2rl", count("d2rl"), chunk_seed("d2rl", 0), label="d2rl", proposal_file=policy_file)
-    result = nade_estimate(records(store_path, run_id), confidence=confidence)
+    result = nade_estimate(records_of(run_id), confidence=confidence)
     from dataclasses import replace
 
     info = {"d2rl_training_crash_episodes": len(episodes), "d2rl_policy": str(policy_file),
@@ -308,43 +318,30 @@ def _highway_d2rl(*, run, count, chunk_seed, nade_runs, store_path, folder, epsi
     return replace(result, method="d2rl"), result.n, training_tests, info
 
 
-def _highway_adate(*, run, count, chunk_seed, store_path, folder, epsilon, batches, confidence, critical_logs,
-                   records):
-    """AdaTE on a highway scenario: batches of runs, the dense target and the QP updated between them."""
+def _highway_adate(*, run, count, chunk_seed, folder, epsilon, batches, confidence, logs_of, records_of):
+    """AdaTE on a highway scenario: :func:`~safetybed.evaluate.adate.run_adate` with each batch a stored run."""
     from dataclasses import replace
 
-    from safetybed.evaluate.adate import (
-        AdaTEProposal,
-        DenseTarget,
-        StepLog,
-        dense_returns,
-        fit_weights,
-        save_proposal,
-    )
+    from safetybed.evaluate.adate import StepLog, batch_sizes, run_adate, save_proposal
     from safetybed.evaluate.estimators import nade_estimate
     from safetybed.evaluate.lookahead import DEFAULT_SURROGATES
 
-    m = len(DEFAULT_SURROGATES)
-    weights = np.eye(m)[0]
-    target = DenseTarget()
-    total = count("adate")
-    sizes = [total // batches] * (batches - 1) + [total - (total // batches) * (batches - 1)]
-    all_records, history = [], [weights.tolist()]
-    for batch, size in enumerate(sizes):
+    all_records, batch_runs = [], []
+
+    def run_batch(proposal, size: int):
+        batch = len(batch_runs)
         proposal_file = folder / f"adate_proposal_{batch}.json"
-        save_proposal(AdaTEProposal(weights=weights, target=target, epsilon=epsilon), proposal_file)
+        save_proposal(proposal, proposal_file)
         run_id = run("adate", size, chunk_seed("adate", batch), label="adate", proposal_file=proposal_file)
-        all_records.extend(records(store_path, run_id))
-        for crashed, steps in critical_logs(store_path, run_id):
-            logs = [StepLog(state_key=tuple(s["state_key"]), action=int(s["action"]), p=float(s["p"]),
-                            q=(1 - s["epsilon"]) * s["q_tilde"] + s["epsilon"] * s["p"],
-                            challenge=np.asarray(s["challenge"], dtype=np.float64)) for s in steps]
-            for step, value in zip(logs, dense_returns(crashed, logs), strict=True):
-                target.update(step.state_key, step.action, value, step.challenge)
-        if len(target):
-            fitted = fit_weights(target, m=m)
-            weights = fitted if fitted.sum() > 0 else weights
-        history.append(weights.tolist())
-    result = nade_estimate(all_records, confidence=confidence)
-    return replace(result, method="adate"), result.n, 0, {"adate_weights": history,
-                                                          "adate_target_pairs": len(target)}
+        batch_runs.append(run_id)
+        all_records.extend(records_of(run_id))
+        return [(crashed, [StepLog(state_key=tuple(s["state_key"]), action=int(s["action"]), p=float(s["p"]),
+                                   q=(1 - s["epsilon"]) * s["q_tilde"] + s["epsilon"] * s["p"],
+                                   challenge=np.asarray(s["challenge"], dtype=np.float64)) for s in steps])
+                for crashed, steps in logs_of(run_id)]
+
+    result = run_adate(run_batch, m=len(DEFAULT_SURROGATES), sizes=batch_sizes(count("adate"), batches),
+                       epsilon=epsilon)
+    estimate = nade_estimate(all_records, confidence=confidence)
+    return replace(estimate, method="adate"), estimate.n, 0, {
+        "adate_weights": [w.tolist() for w in result["weights"]], "adate_target_pairs": len(result["target"])}
