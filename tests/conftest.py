@@ -27,3 +27,14 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return invoke
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Pin torch to one thread for the test (small networks on this 2-core box are 10-70x slower with more)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

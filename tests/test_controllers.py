@@ -16,14 +16,7 @@ SPECS = sorted((REPO_ROOT / "controllers").glob("*.toml"))
 SHIPPED = [spec for spec in SPECS if load_controller_spec(spec).checkpoint_dir.exists()]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_every_controller_spec_is_shipped_with_weights():

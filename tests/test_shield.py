@@ -56,14 +56,7 @@ def act(shield: IDMShield, obs: np.ndarray) -> np.ndarray:
     return shield.act(obs[None])[0]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- decisions on synthetic observations ----------------------------------------------------------------------------
