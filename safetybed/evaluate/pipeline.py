@@ -212,23 +212,17 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
         return int(np.random.SeedSequence(seed, spawn_key=(key, chunk)).generate_state(1, dtype=np.uint64)[0]) % (2**63)
 
     results: list[tuple[Any, int, int, dict[str, Any]]] = []  # (result, tests, training tests, info)
-    nade_runs: list[str] = []
     for index, method in enumerate(methods):
         if method == "crude":
-            def crude_chunks(chunks):
-                return crude_estimate([r.crashed for r in records_of(*chunks)],
-                                      confidence=confidence)
-            result, n = until("crude", crude_chunks,
+            result, n = until("crude", lambda chunks: crude_estimate([r.crashed for r in records_of(*chunks)],
+                                                                     confidence=confidence),
                               lambda k, c: run("nde", k, chunk_seed("crude", c), label="crude"))
             results.append((result, n, 0, {}))
         elif method in ("nade", "scv"):
-            if not nade_runs:
-                def nade_chunks(chunks):
-                    nade_runs[:] = chunks
-                    return _safe(nade_estimate, records_of(*chunks),
-                                 confidence=confidence)
-                until("nade", nade_chunks, lambda k, c: run("nade", k, chunk_seed("nade", c), label="nade"))
-            records = records_of(*nade_runs)
+            if "nade" not in run_ids:  # scv post-processes the NADE tests: run them once
+                until("nade", lambda chunks: _safe(nade_estimate, records_of(*chunks), confidence=confidence),
+                      lambda k, c: run("nade", k, chunk_seed("nade", c), label="nade"))
+            records = records_of(*run_ids["nade"])
             if method == "nade":
                 results.append((nade_estimate(records, confidence=confidence), len(records), 0, {}))
             else:
@@ -237,7 +231,7 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
                                     len(records), 0, {}))
         elif method == "d2rl":
             results.append(_highway_d2rl(
-                run=run, count=count, chunk_seed=chunk_seed, nade_runs=nade_runs,
+                run=run, count=count, chunk_seed=chunk_seed, nade_runs=run_ids.get("nade", []),
                 folder=folder, epsilon=base.epsilon, surrogate=base.surrogate,
                 threshold=base.criticality_threshold, iterations=d2rl_iterations, seed=seed,
                 confidence=confidence, logs_of=logs_of, records_of=records_of))

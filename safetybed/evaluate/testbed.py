@@ -337,12 +337,12 @@ class CutInTables:
 
 
 def _evaluate(proposal: Proposal, contexts: list[CriticalContext], n_acc: int):
-    crit = np.zeros(len(contexts))
-    qt = np.zeros((len(contexts), n_acc))
-    eps = np.ones(len(contexts))
     batch = getattr(proposal, "evaluate_batch", None)
     if batch is not None:  # vectorised proposals (D2RL's network) tabulate all states at once
         return batch(contexts)
+    crit = np.zeros(len(contexts))
+    qt = np.zeros((len(contexts), n_acc))
+    eps = np.ones(len(contexts))
     for i, context in enumerate(contexts):
         crit[i] = proposal.criticality(context)
         if crit[i] > 0:
