@@ -16,7 +16,7 @@ POV criticality is 0 is not critical: the vehicle samples from ``p`` and the ste
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -62,7 +62,6 @@ class CriticalStep:
     q_tilde: float  # importance component's probability of it
     epsilon: float  # defensive weight
     state_key: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def q(self) -> float:
@@ -94,8 +93,7 @@ def sample_action(decision: Decision, p: np.ndarray, uniform: float) -> int:
     return min(index, int(np.flatnonzero(q)[-1]))
 
 
-def critical_step(decision: Decision, p: np.ndarray, action: int, *, state_key: Any = None,
-                  **extra: Any) -> CriticalStep:
+def critical_step(decision: Decision, p: np.ndarray, action: int, *, state_key: Any = None) -> CriticalStep:
     """The log entry of a critical step at which ``action`` was drawn from ``decision``'s mixture."""
     return CriticalStep(action=int(action), p=float(p[action]), q_tilde=float(decision.q_tilde[action]),
-                        epsilon=float(decision.epsilon), state_key=state_key, extra=dict(extra))
+                        epsilon=float(decision.epsilon), state_key=state_key)

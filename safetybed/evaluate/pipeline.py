@@ -107,7 +107,9 @@ def evaluate_testbed(scenario: str, *, controller: str, methods: list[str], test
         "testbed": {"random_variables": ["r0 (gap at cut-in, m)", "a0 (BV acceleration at 0 s)",
                                          "a1 (BV acceleration at 1 s)"],
                     "scenarios_enumerated": int(tables.crash.size),
-                    "surrogates": [m.name for m in tables.bed.surrogates]},
+                    "surrogates": [m.name for m in tables.bed.surrogates],
+                    "surrogate_crash_probabilities": [tables.surrogate_crash_probability(j)
+                                                      for j in range(len(tables.bed.surrogates))]},
     }
     if coverage:
         per_method = {m: (tests if tests is not None else TESTBED_DEFAULT_TESTS[m]) for m in methods}

@@ -28,7 +28,7 @@ This is a standalone kinematic model (not highway-env); the highway scenarios ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -168,7 +168,6 @@ class TestBatch:
     p: np.ndarray  # (n, 2) probability of the sampled action under p (NaN where not critical)
     q_tilde: np.ndarray  # (n, 2)
     epsilon: np.ndarray  # (n, 2)
-    proposal_id: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def n(self) -> int:
@@ -197,10 +196,7 @@ class TestBatch:
     @staticmethod
     def concatenate(batches: list[TestBatch]) -> TestBatch:
         fields = ("gap_index", "a0_index", "a1_index", "crashed", "critical", "p", "q_tilde", "epsilon")
-        merged = {name: np.concatenate([getattr(b, name) for b in batches]) for name in fields}
-        ids = [np.full(b.n, k, dtype=np.int64) if b.proposal_id.size == 0 else b.proposal_id
-               for k, b in enumerate(batches)]
-        return TestBatch(**merged, proposal_id=np.concatenate(ids))
+        return TestBatch(**{name: np.concatenate([getattr(b, name) for b in batches]) for name in fields})
 
 
 class CutInTables:
