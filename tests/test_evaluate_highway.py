@@ -372,8 +372,40 @@ def test_logged_p_is_the_pmf_the_vehicle_decided_with():
             for entry in info.get("decisions", []):
                 if entry.get("critical"):
                     record = taken[entry["vehicle_id"]]
+                    np.testing.assert_allclose(entry["p_full"], record.pmf, rtol=1e-12, atol=0)
                     assert entry["p"] == pytest.approx(float(record.pmf[entry["action"]]), rel=1e-12)
                     q = (1 - entry["epsilon"]) * entry["q_tilde"] + entry["epsilon"] * entry["p"]
                     assert entry["log_ratio"] == pytest.approx(np.log(entry["p"]) - np.log(q), abs=1e-9)
                     checked += 1
     assert checked > 5
+
+
+def test_the_ego_command_of_the_step_is_seen_by_the_logged_pmf():
+    """Deterministic scene for the regression above: the ego moves 2 -> 1 alongside a vehicle in lane 0 whose
+    change to lane 1 is otherwise attractive (p = 0.2). The vehicle decides after the ego's command, so its pmf
+    gives that change the unsafe floor, and the tester must log that pmf, not the one from before the command."""
+    from safetybed.sims import make_env
+    from safetybed.sims.highway_driver import NaturalisticVehicle
+    from safetybed.spec import load_scenario
+
+    from .test_highway_driver_conflicts import place
+
+    env = make_env(load_scenario("scenarios/highway/cruise_nade.toml"))
+    env.reset(seed=0)
+    base = env.unwrapped
+    ego = base.vehicle
+    subject, slow_leader, other = [v for v in base.road.vehicles if isinstance(v, NaturalisticVehicle)][:3]
+    base.road.vehicles[:] = [ego, subject, slow_leader, other]
+    place(subject, 0, 200.0, 25.0)
+    place(slow_leader, 0, 230.0, 15.0)
+    place(ego, 2, 200.0, 25.0)
+    place(other, 2, 900.0, 25.0)
+    _, _, _, _, info = env.step(np.array([0.0, -1.0]))  # keep speed, change left (lane 2 -> 1)
+    entries = [d for d in info.get("decisions", []) if d.get("critical")]
+    taken = {r.vehicle_id: r for r in base.last_decisions()}
+    assert entries, "the scene should make a background vehicle critical"
+    for entry in entries:
+        np.testing.assert_allclose(entry["p_full"], taken[entry["vehicle_id"]].pmf, rtol=1e-12, atol=0)
+    subject_entries = [d for d in entries if d["vehicle_id"] == subject.vehicle_id]
+    assert len(subject_entries) == 1  # the subject is the POV: its change into the ego's new lane is the danger
+    assert subject_entries[0]["p_full"][1] == pytest.approx(1e-7)  # ACTION_RIGHT at the unsafe floor
