@@ -38,3 +38,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def assert_validate_rejects(cli, tmp_path: Path, case: str, text: str, field: str, reason: str) -> None:
+    """``safetybed scenarios validate`` on a malformed spec exits 2 with one message naming file, field, reason."""
+    path = tmp_path / f"{case}.toml"
+    path.write_text(text, encoding="utf-8")
+    code, _, stderr = cli("scenarios", "validate", str(path))
+    assert code == 2, stderr
+    message = " ".join(stderr.split())
+    assert path.name in message
+    if field:
+        assert f": {field}:" in message
+    assert reason.lower() in message.lower()
+    assert "Traceback" not in stderr
+    assert len([line for line in stderr.splitlines() if line.strip()]) <= 3  # one message (may wrap)

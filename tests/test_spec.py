@@ -9,6 +9,8 @@ import pytest
 from safetybed.errors import SpecError
 from safetybed.spec import load_scenario, parse_scenario
 
+from .conftest import assert_validate_rejects
+
 GOOD = """
 name = "t/highway"
 simulator = "highway"
@@ -62,16 +64,7 @@ MALFORMED = [
 
 @pytest.mark.parametrize(("case", "text", "field", "reason"), MALFORMED, ids=[case[0] for case in MALFORMED])
 def test_malformed_spec_exits_2_naming_file_and_field(cli, tmp_path, case, text, field, reason):
-    path = tmp_path / f"{case}.toml"
-    path.write_text(text, encoding="utf-8")
-    code, stdout, stderr = cli("scenarios", "validate", str(path))
-    assert code == 2, stderr
-    message = " ".join(stderr.split())
-    assert str(path.name) in message
-    assert f": {field}:" in message if field else True
-    assert reason.lower() in message.lower()
-    assert "Traceback" not in stderr
-    assert len([line for line in stderr.splitlines() if line.strip()]) <= 3  # one message (may wrap)
+    assert_validate_rejects(cli, tmp_path, case, text, field, reason)
 
 
 def test_table_has_at_least_20_cases():
