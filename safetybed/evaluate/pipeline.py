@@ -2,7 +2,8 @@
 
 Two kinds of SCENARIO:
 
-* ``testbed:cut_in`` — the known-answer testbed (:mod:`safetybed.evaluate.testbed`); the controller is the
+* ``testbed:cut_in`` / ``testbed:cut_in_fixed`` — the known-answer testbed (:mod:`safetybed.evaluate.testbed`;
+  the second logs a fixed critical set, so the stratified SCV assumption holds); the controller is the
   testbed's IDM ego (``builtin:idm``). ``coverage=R`` repeats every method R times and counts how often its CI
   covers the exact crash probability.
 * a highway scenario spec — tests run through the batch runner and the run store (see
@@ -23,7 +24,8 @@ from safetybed.errors import InputError
 from safetybed.evaluate.efficiency import add_ratios, method_entry
 
 TESTBED_PREFIX = "testbed:"
-TESTBEDS = ("cut_in",)
+#: Testbed name -> its critical set (safetybed.evaluate.testbed): ``cut_in_fixed`` logs a fixed set of decisions.
+TESTBEDS = {"cut_in": "adaptive", "cut_in_fixed": "fixed"}
 #: Default tests per method on the testbed (crude MC needs ~30 / mu = 170,000 tests to reach RHW 0.3).
 TESTBED_DEFAULT_TESTS = {"crude": 200_000, "nade": 10_000, "scv": 10_000, "d2rl": 10_000, "adate": 10_000}
 
@@ -71,7 +73,7 @@ def evaluate_testbed(scenario: str, *, controller: str, methods: list[str], test
     if until_rhw is not None and not 0 < until_rhw < 10:
         raise InputError(f"--until-rhw: expected a target relative half-width such as 0.3, got {until_rhw!r}")
     started = time.perf_counter()
-    tables = CutInTestbed().build()
+    tables = CutInTestbed(critical_set=TESTBEDS[name]).build()
     exact = tables.exact_crash_probability
     entries = []
     for index, method in enumerate(methods):
@@ -107,6 +109,7 @@ def evaluate_testbed(scenario: str, *, controller: str, methods: list[str], test
         "testbed": {"random_variables": ["r0 (gap at cut-in, m)", "a0 (BV acceleration at 0 s)",
                                          "a1 (BV acceleration at 1 s)"],
                     "scenarios_enumerated": int(tables.crash.size),
+                    "critical_set": tables.bed.critical_set,
                     "surrogates": [m.name for m in tables.bed.surrogates],
                     "surrogate_crash_probabilities": [tables.surrogate_crash_probability(j)
                                                       for j in range(len(tables.bed.surrogates))]},

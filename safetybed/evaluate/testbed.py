@@ -22,6 +22,18 @@ by NADE (``c_j(s0, a0) = sum_a1 p(a1 | s1) crash_j``, ``c_j(s1, a1) = crash_j``)
 to simulating it (checked in the tests), and fast enough for hundreds of thousands of tests per second, so
 coverage can be measured over many repetitions.
 
+Which decisions a test logs (``critical_set``):
+
+* ``"adaptive"`` (``testbed:cut_in``, the default) — a decision is logged when the proposal finds it critical, as
+  NADE does on the highway. Whether the second decision is critical depends on the first maneuver, so the number
+  of critical steps ``K`` is *endogenous*: the case in which the stratified SCV estimator is biased.
+* ``"fixed"`` (``testbed:cut_in_fixed``) — a test's critical set is decided by its gap alone: when the first
+  decision is critical, the second is logged too, and where the proposal finds it non-critical it is drawn from
+  ``p`` and logged with ``q~ = p`` (likelihood ratio 1, control-variate feature ``r = 1``). ``K`` is then
+  *exogenous* (a function of ``r0``, which is never importance-sampled), so ``E_q[r_j | K = k] = 1`` and the
+  stratum-wise SCV fit is unbiased. The sampled tests and their weights are exactly those of ``"adaptive"``;
+  only the logs differ.
+
 This is a standalone kinematic model (not highway-env); the highway scenarios are in
 :mod:`safetybed.evaluate.highway`.
 """
@@ -36,6 +48,7 @@ from safetybed.evaluate.critical import CriticalContext, Proposal
 from safetybed.evaluate.records import TestRecord
 
 ACCEL_GRID_MPS2 = np.round(np.linspace(-4.0, 2.0, 31), 10)  #: NADE's acceleration grid [m/s^2]
+CRITICAL_SETS = ("adaptive", "fixed")  #: see the module docstring
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,11 @@ class CutInTestbed:
     dt_s: float = 0.05
     ego: EgoModel = EGO_UNDER_TEST
     surrogates: tuple[EgoModel, ...] = SURROGATES
+    critical_set: str = "adaptive"  # "adaptive" | "fixed": which decisions a test logs (module docstring)
+
+    def __post_init__(self) -> None:
+        if self.critical_set not in CRITICAL_SETS:
+            raise ValueError(f"critical_set: expected one of {', '.join(CRITICAL_SETS)}, got {self.critical_set!r}")
 
     def build(self) -> CutInTables:
         return CutInTables(self)
@@ -323,10 +341,13 @@ class CutInTables:
             qt = table.qt1[gap_index, a0]
             q = np.where(crit[:, None], (1 - eps[:, None]) * qt + eps[:, None] * p1, p1)
             a1 = _inverse_cdf(q, u[:, 2])
-            critical[:, 1] = crit
-            p_taken[:, 1] = np.where(crit, p1[np.arange(n), a1], np.nan)
-            qt_taken[:, 1] = np.where(crit, qt[np.arange(n), a1], np.nan)
-            eps_taken[:, 1] = np.where(crit, eps, np.nan)
+            # "fixed": the second decision is logged whenever the first was (drawn from p where not critical).
+            logged = crit | critical[:, 0] if self.bed.critical_set == "fixed" else crit
+            taken = np.arange(n), a1
+            critical[:, 1] = logged
+            p_taken[:, 1] = np.where(logged, p1[taken], np.nan)
+            qt_taken[:, 1] = np.where(crit, qt[taken], np.where(logged, p1[taken], np.nan))
+            eps_taken[:, 1] = np.where(crit, eps, np.where(logged, 1.0, np.nan))
         crashed = self.crash[gap_index, a0, a1] > 0
         return TestBatch(gap_index=gap_index, a0_index=a0, a1_index=a1, crashed=crashed, critical=critical,
                          p=p_taken, q_tilde=qt_taken, epsilon=eps_taken)
