@@ -399,7 +399,7 @@ def bench_certify_command(
 # -- evaluate ---------------------------------------------------------------------------------------------------
 @app.command("evaluate")
 def evaluate_command(
-    scenario: Annotated[str, typer.Argument(help="testbed:cut_in (known answer) or a highway scenario spec.")],
+    scenario: Annotated[str, typer.Argument(help="testbed:cut_in | testbed:cut_in_fixed (known answer) or a highway scenario spec.")],
     controller: Annotated[str, typer.Option("--controller", help="Controller under test (builtin:idm for the "
                                                                  "testbed).")],
     method: Annotated[str, typer.Option("--method", help="crude|nade|scv|d2rl|adate, comma-separated, or all.")],

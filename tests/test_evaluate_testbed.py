@@ -139,7 +139,9 @@ def test_stratified_scv_is_biased_when_critical_steps_depend_on_maneuvers(tables
     for rep in range(8):
         batch = tables.run(4000, rng=np.random.default_rng(100 + rep), table=tables.tabulate(NadeProposal()))
         records = batch.records()
-        strat.append(scv_estimate(records, variant="stratified").estimate)
+        stratified = scv_estimate(records, variant="stratified")
+        assert stratified.details["stratum_means_nonzero"]  # the estimator's own check sees the pitfall
+        strat.append(stratified.estimate)
         mart.append(scv_estimate(records, variant="martingale").estimate)
     assert np.mean(strat) > 1.5 * mu
     assert abs(np.mean(mart) - mu) < 0.25 * mu
@@ -174,6 +176,11 @@ def test_stratified_scv_covers_when_the_critical_set_is_fixed(fixed_tables):
         assert row.covered >= 14 and row.failures == 0, row.to_json(fixed_tables.exact_crash_probability)
     mean = np.mean(next(r for r in rows if r.method == "scv-stratified").estimates)
     assert abs(mean / fixed_tables.exact_crash_probability - 1.0) < 0.25
+    from safetybed.evaluate import scv_estimate
+
+    batch = fixed_tables.run(10_000, rng=np.random.default_rng(5), table=fixed_tables.tabulate(NadeProposal()))
+    check = scv_estimate(batch.records(), variant="stratified").details
+    assert not check["stratum_means_nonzero"] and check["stratum_mean_max_abs_z"] < 4.0
 
 
 def test_cli_evaluate_testbed_json_and_bad_input(tmp_path):

@@ -41,7 +41,11 @@ def method_entry(result: EstimateResult, *, tests: int, training_tests: int = 0,
     entry["tests_needed_is_extrapolated"] = True
     entry["tests_to_target"] = tests_to_rhw(values, target=target, confidence=result.confidence)
     if result.method == "scv-stratified":
-        entry["caveat"] = STRATIFIED_CAVEAT
+        z = result.details.get("stratum_mean_max_abs_z")
+        measured = (f"measured here: E[Z - 1 | K = k] != 0 (max |z| = {z:.1f}), so this estimate is biased"
+                    if result.details.get("stratum_means_nonzero") else
+                    f"no sign of it in these tests (max |z| = {z:.1f})")
+        entry["caveat"] = f"{STRATIFIED_CAVEAT}; {measured}"
     if result.n_crashes > 0 and bootstrap_resamples > 0:
         boot = bootstrap_tests_to_rhw(values, target=target, resamples=bootstrap_resamples, seed=seed,
                                       confidence=result.confidence)

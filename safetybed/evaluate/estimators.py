@@ -431,6 +431,28 @@ def _martingale_features(ratios: np.ndarray, subsets: list[tuple[int, ...]]) -> 
     return np.column_stack([(ratios[:, list(subset)] - 1.0).prod(axis=1) for subset in subsets])
 
 
+#: |z| above which a stratum-conditional feature mean counts as non-zero in :func:`_stratum_mean_check`.
+STRATUM_CHECK_Z = 4.0
+
+
+def _stratum_mean_check(design: np.ndarray, names: list[str], k: int) -> list[dict[str, Any]]:
+    """The stratified variant's assumption, measured: ``E_q[Z_S - 1 | K = k] = 0`` for each feature.
+
+    Returns per feature the stratum mean of ``Z_S - 1`` and its z-score (mean / standard error). A z-score far
+    from 0 shows that the number of critical steps depends on earlier maneuvers in these tests, the case in which
+    the stratum-wise fit is biased (``cav_eval.md`` §2.3, pitfall 1). The features are bounded by
+    ``1 / (1 - eps)`` per step, so the normal approximation of the mean is adequate at the sizes we fit.
+    """
+    out = []
+    m = design.shape[0]
+    for column, name in zip(design.T, names, strict=True):
+        mean = float(column.mean())
+        se = float(column.std(ddof=1) / math.sqrt(m)) if m > 1 else math.nan
+        z = mean / se if se > 0 else (0.0 if mean == 0 else math.inf)
+        out.append({"k": k, "feature": name, "n": m, "mean": mean, "z": z})
+    return out
+
+
 def _fit_slopes(features: np.ndarray, outcomes: np.ndarray, ridge: float) -> np.ndarray:
     """OLS slopes of ``outcomes ~ 1 + features`` with a ridge penalty ``ridge * m * |beta|^2`` on the slopes only.
 
@@ -501,7 +523,10 @@ def scv_estimate(
     Returns:
         ``details`` holds ``variance_ratio = var(Y) / var(Y~)`` (the test-count reduction factor over plain
         NADE), ``nade_estimate``, ``feature_names``, per-stratum counts and every fit (fold, n, crashes, beta or
-        the reason it was skipped).
+        the reason it was skipped). The stratified variant also measures its own assumption: per stratum and
+        feature the mean of ``Z - 1`` and its z-score (``stratum_mean_check``), and ``stratum_means_nonzero``
+        (some ``|z| > STRATUM_CHECK_Z``): the data show that ``K`` depends on earlier maneuvers, so the estimate
+        is biased and the martingale variant should be used.
 
     Raises:
         EstimatorInputError: bad records or options, or no crash at all.
@@ -542,6 +567,7 @@ def scv_estimate(
         return fitted
 
     feature_names: dict[str, list[str]] = {}
+    check: list[dict[str, Any]] = []
     if variant == "stratified":
         slopes = 0
         for k in range(1, k_max + 1):
@@ -550,7 +576,9 @@ def scv_estimate(
                 continue
             subsets = _subsets(k) if features == "products" else [(j,) for j in range(k)]
             feature_names[str(k)] = [_feature_name(subset, variant) for subset in subsets]
-            slopes += adjust(members, _stratum_features(ratios[members, :k], subsets), {"k": k})
+            design = _stratum_features(ratios[members, :k], subsets)
+            check += _stratum_mean_check(design, feature_names[str(k)], k)
+            slopes += adjust(members, design, {"k": k})
     else:
         subsets = _subsets(k_max) if features == "products" else [(j,) for j in range(k_max)]
         feature_names["all"] = [_feature_name(subset, variant) for subset in subsets]
@@ -570,6 +598,11 @@ def scv_estimate(
         elif variant == "stratified" and k > k_max:
             stratum["reason"] = f"more than k_max={k_max} critical steps: left as plain IS"
     residual_variance = float(adjusted.var(ddof=ddof))
+    extra: dict[str, Any] = {}
+    if variant == "stratified":
+        finite = [abs(c["z"]) for c in check if math.isfinite(c["z"])]
+        extra = {"stratum_mean_check": check, "stratum_mean_max_abs_z": max(finite, default=0.0),
+                 "stratum_means_nonzero": any(abs(c["z"]) > STRATUM_CHECK_Z for c in check)}
     return _summarise(
         f"scv-{variant}", adjusted, n_crashes, confidence, ddof=ddof, clip_at_zero=False,
         details={
@@ -578,6 +611,7 @@ def scv_estimate(
             "strata": strata, "fits": fits, "nade_estimate": float(outcomes.mean()),
             "nade_std": float(outcomes.std(ddof=1)),
             "variance_ratio": float(outcomes.var(ddof=1) / residual_variance) if residual_variance > 0 else math.inf,
+            **extra,
         },
     )
 

@@ -156,7 +156,7 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
 
     spec, path = load_scenario_arg(scenario)
     if spec.simulator != "highway" or spec.task not in SUPPORTED_TASKS:
-        raise InputError(f"{path}: evaluate needs testbed:cut_in or a highway scenario of task "
+        raise InputError(f"{path}: evaluate needs testbed:cut_in, testbed:cut_in_fixed or a highway scenario of task "
                          f"{'|'.join(SUPPORTED_TASKS)}, got simulator {spec.simulator!r} task {spec.task!r}")
     if spec.highway.driver.model != "naturalistic":
         raise InputError(f"{path}: highway.driver.model: evaluate needs naturalistic background drivers, got "
