@@ -140,6 +140,8 @@ METHODS = {
     "scv-martingale": lambda records: scv_estimate(records, variant="martingale", cross_fit=True),
     "scv-stratified": lambda records: scv_estimate(records, variant="stratified", cross_fit=True),
     "scv-stratified-products": lambda records: scv_estimate(records, variant="stratified", features="products"),
+    # k_max = 1: steps 2 and 3 of the pitfall model go into the pooled tail feature (E7).
+    "scv-martingale-tail": lambda records: scv_estimate(records, variant="martingale", k_max=1),
 }
 
 
@@ -206,7 +208,7 @@ def repeated_estimates(model: str, method: str, repetitions: int, seed: int = 20
 # Unbiased (method, model) pairs. The stratified variant is left out on the pitfall model: it is biased there
 # (test_stratified_scv_is_biased_when_steps_depend_on_maneuvers).
 UNBIASED_CASES = [
-    ("pitfall", "crude"), ("pitfall", "nade"), ("pitfall", "scv-martingale"),
+    ("pitfall", "crude"), ("pitfall", "nade"), ("pitfall", "scv-martingale"), ("pitfall", "scv-martingale-tail"),
     ("fixed_depth", "crude"), ("fixed_depth", "nade"), ("fixed_depth", "scv-martingale"),
     ("fixed_depth", "scv-stratified"),
 ]
@@ -421,6 +423,21 @@ def test_scv_in_sample_fit_uses_ddof_one_plus_slopes():
     outcomes = nade_estimate(records).values
     assert crossed.details["nade_estimate"] == pytest.approx(outcomes.mean(), rel=1e-14)
     assert np.mean(crossed.values) == pytest.approx(crossed.estimate, rel=1e-14)
+
+
+def test_martingale_pools_steps_past_k_max_into_one_feature():
+    """(E7): with k_max = 1 the pitfall model's steps 2 and 3 share one slope; the feature is sum_{j>1} (r_j - 1)."""
+    records = sample_records(PITFALL, 3000, np.random.default_rng(8))
+    result = scv_estimate(records, variant="martingale", k_max=1, cross_fit=False)
+    assert result.details["feature_names"]["all"] == ["(r1-1)", "sum_(j>1)(r_j-1)"]
+    assert len(result.details["fits"][0]["beta"]) == 2
+    by_hand = [sum(qt / ((1 - EPS) * qt + EPS * p) - 1.0 for p, qt in zip(r.p[1:], r.q_tilde[1:], strict=True))
+               for r in records]
+    from safetybed.evaluate.estimators import _parse_records
+
+    np.testing.assert_allclose(_parse_records(records).tail_feature(1), by_hand, rtol=1e-12, atol=1e-15)
+    # No test has more than 3 steps: with k_max = 3 there is no tail column.
+    assert "sum_(j>3)(r_j-1)" not in scv_estimate(records, variant="martingale").details["feature_names"]["all"]
 
 
 def test_scv_leaves_unadjustable_strata_alone_and_says_why():
