@@ -406,3 +406,20 @@ def test_the_ego_command_of_the_step_is_seen_by_the_logged_pmf():
     subject_entries = [d for d in entries if d["vehicle_id"] == subject.vehicle_id]
     assert len(subject_entries) == 1  # the subject is the POV: its change into the ego's new lane is the danger
     assert subject_entries[0]["p_full"][1] == pytest.approx(1e-7)  # ACTION_RIGHT at the unsafe floor
+
+
+@pytest.mark.parametrize(("q", "epsilon", "p_actual", "expected"), [
+    (0.5, 0.9, 0.5, (0.5, 0.9)),  # unchanged p: the split is the original one
+    (0.1, 0.9, 0.2, (0.0, 0.5)),  # p_actual > q: all of q is the naturalistic part
+    # The overtaking case that produced q_tilde = 1.8: read p = 0.2, q = 0.18, vehicle's own p = 1e-7.
+    (0.18, 0.9, 1e-7, (1.0, (1 - 0.18) / (1 - 1e-7))),
+])
+def test_reconciled_mixture_keeps_q_and_stays_a_probability(q, epsilon, p_actual, expected):
+    from safetybed.evaluate.highway import reconciled_mixture
+
+    q_tilde, eps = reconciled_mixture(q, epsilon, p_actual)
+    assert (q_tilde, eps) == pytest.approx(expected, rel=1e-12)
+    assert 0.0 <= q_tilde <= 1.0 and 0.0 < eps <= 1.0
+    assert (1 - eps) * q_tilde + eps * p_actual == pytest.approx(q, rel=1e-12)
+    with pytest.raises(ValueError, match="q = 1"):
+        reconciled_mixture(1.0, 0.5, 0.3)

@@ -273,8 +273,7 @@ class HighwayTester(gym.Wrapper):
         MOBIL safety check, so its naturalistic pmf at decision time can differ from the one read before the
         step. The importance weight must be ``p_actual(u) / q(u)`` with ``q`` the mixture actually sampled from;
         the entry is rewritten so that ``(p, q_tilde, epsilon)`` still reproduce that ``q`` exactly
-        (``q_tilde' = (q - eps p_actual) / (1 - eps)``, or ``q_tilde' = 0, eps' = q / p_actual`` when that would be
-        negative) and is flagged ``pmf_reconciled``.
+        (:func:`reconciled_mixture`) and is flagged ``pmf_reconciled``.
         """
         base: HighwayScenarioEnv = self.env.unwrapped
         taken = next(r for r in base.last_decisions() if r.vehicle_id == entry["vehicle_id"])
@@ -285,10 +284,7 @@ class HighwayTester(gym.Wrapper):
         if p_actual <= 0.0:
             raise RuntimeError(f"HighwayTester: vehicle {entry['vehicle_id']} took action {entry['action']} that its "
                                f"own pmf gives probability 0 at t = {entry['time_s']:g} s")
-        eps = entry["epsilon"]
-        q_tilde = (q - eps * p_actual) / (1.0 - eps) if eps < 1.0 else -1.0
-        if q_tilde < 0.0:
-            q_tilde, eps = 0.0, q / p_actual
+        q_tilde, eps = reconciled_mixture(q, entry["epsilon"], p_actual)
         log_ratio = math.log(p_actual) - math.log(q)
         self.log_weight += log_ratio - entry["log_ratio"]
         entry.update({"p": p_actual, "q_tilde": q_tilde, "epsilon": eps, "log_ratio": log_ratio,
@@ -301,6 +297,29 @@ class HighwayTester(gym.Wrapper):
             raise RuntimeError(f"HighwayTester: vehicle {entry['vehicle_id']} did not take the overridden action "
                                f"{entry['action']} at t = {entry['time_s']:g} s (decision: {taken}); the likelihood "
                                f"ratio of this test would be wrong")
+
+
+def reconciled_mixture(q: float, epsilon: float, p_actual: float) -> tuple[float, float]:
+    """``(q_tilde', epsilon')`` in ``[0, 1] x (0, 1]`` with ``(1 - epsilon') q_tilde' + epsilon' p_actual = q``.
+
+    The sampled action's probability ``q`` under the mixture the tester drew from is kept exactly; only its
+    split between the importance component and the (corrected) naturalistic ``p_actual`` changes:
+    ``q_tilde' = (q - epsilon p_actual) / (1 - epsilon)`` when that lies in [0, 1]; else ``q_tilde' = 0,
+    epsilon' = q / p_actual`` (p_actual > q) or ``q_tilde' = 1, epsilon' = (1 - q) / (1 - p_actual)``
+    (p_actual < q, e.g. a lane change the tester read as safe, p = 0.2, that the vehicle's own check made unsafe,
+    p_actual = 1e-7). Raises ValueError when no such split exists (q = 1 with p_actual < 1, or p_actual <= 0).
+    """
+    if not (0.0 < q <= 1.0 and 0.0 < p_actual <= 1.0 and 0.0 < epsilon <= 1.0):
+        raise ValueError(f"reconciled_mixture: expected q, p_actual, epsilon in (0, 1], got {q!r}, {p_actual!r}, "
+                         f"{epsilon!r}")
+    q_tilde = (q - epsilon * p_actual) / (1.0 - epsilon) if epsilon < 1.0 else math.nan
+    if 0.0 <= q_tilde <= 1.0:
+        return q_tilde, epsilon
+    if p_actual >= q:
+        return 0.0, q / p_actual
+    if q >= 1.0:
+        raise ValueError(f"reconciled_mixture: q = 1 cannot be split with p_actual = {p_actual!r} < 1")
+    return 1.0, (1.0 - q) / (1.0 - p_actual)
 
 
 def records_from_run(store_path: str | Path, run_id: str) -> list[TestRecord]:
@@ -332,4 +351,4 @@ def critical_logs_from_run(store_path: str | Path, run_id: str) -> list[tuple[bo
 
 
 __all__ = ["CRITICAL_KEYS", "FEATURE_NAMES", "HighwayTester", "SUPPORTED_TASKS", "critical_logs_from_run",
-           "make_proposal", "make_tester", "records_from_logs", "records_from_run"]
+           "make_proposal", "make_tester", "reconciled_mixture", "records_from_logs", "records_from_run"]
