@@ -491,10 +491,12 @@ def quickstart(
                   f"(alpha = {certificate['alpha']:g}); report {certificate['files']['report']}")
         evaluation = result["evaluation"]
         estimates = "; ".join(f"{row['method']} {row['estimate']:.3g} (RHW {row['rhw']:.2f}, {row['n']} tests)"
-                              + (" [biased here: see its caveat]" if row.get("caveat") else "")
+                              + (" - biased here by its own check, use scv-martingale"
+                                 if row.get("biased_by_own_check") else "")
                               for row in evaluation["methods"] if row["rhw"] is not None)
         out.print(f"crash-rate evaluation on {evaluation['scenario']} (exact "
-                  f"{evaluation['exact_crash_probability']:.3g}): {estimates}; report {evaluation['files']['html']}")
+                  f"{evaluation['exact_crash_probability']:.3g}): {estimates}; report {evaluation['files']['html']}",
+                  markup=False, highlight=False)
         out.print(f"\n[bold green]quickstart done[/bold green] in {result['wall_time_s']:.0f} s. Results: store "
                   f"{result['store']}, summary {result['summary_file']}")
         out.print(f"Inspect with: safetybed runs list --store {result['store']}")

@@ -46,6 +46,7 @@ def method_entry(result: EstimateResult, *, tests: int, training_tests: int = 0,
                     if result.details.get("stratum_means_nonzero") else
                     f"no sign of it in these tests (max |z| = {z:.1f})")
         entry["caveat"] = f"{STRATIFIED_CAVEAT}; {measured}"
+        entry["biased_by_own_check"] = bool(result.details.get("stratum_means_nonzero"))
     if result.n_crashes > 0 and bootstrap_resamples > 0:
         boot = bootstrap_tests_to_rhw(values, target=target, resamples=bootstrap_resamples, seed=seed,
                                       confidence=result.confidence)
