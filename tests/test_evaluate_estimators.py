@@ -440,6 +440,15 @@ def test_martingale_pools_steps_past_k_max_into_one_feature():
     assert "sum_(j>3)(r_j-1)" not in scv_estimate(records, variant="martingale").details["feature_names"]["all"]
 
 
+def test_stratified_self_check_ignores_strata_it_did_not_adjust():
+    """A constant, non-zero Z - 1 has z = inf, but a stratum with too few crashes keeps Y~ = Y and cannot bias."""
+    records = [TestRecord(True, (0.1,), (0.5,), (0.1,))] * 3 + [TestRecord(False, (0.1,), (0.5,), (0.1,))] * 20
+    details = scv_estimate(records, variant="stratified").details
+    [check] = details["stratum_mean_check"]
+    assert check["z"] == math.inf and check["adjusted"] is False
+    assert details["stratum_means_nonzero"] is False and details["stratum_mean_max_abs_z"] == 0.0
+
+
 def test_scv_leaves_unadjustable_strata_alone_and_says_why():
     rng = np.random.default_rng(8)
     records = sample_records(FIXED_DEPTH, 2000, rng)  # K = 2, plenty of crashes

@@ -535,8 +535,8 @@ def scv_estimate(
         NADE), ``nade_estimate``, ``feature_names``, per-stratum counts and every fit (fold, n, crashes, beta or
         the reason it was skipped). The stratified variant also measures its own assumption: per stratum and
         feature the mean of ``Z - 1`` and its z-score (``stratum_mean_check``), and ``stratum_means_nonzero``
-        (some ``|z| > STRATUM_CHECK_Z``): the data show that ``K`` depends on earlier maneuvers, so the estimate
-        is biased and the martingale variant should be used.
+        (some ``|z| > STRATUM_CHECK_Z`` in a stratum that was adjusted): the data show that ``K`` depends on
+        earlier maneuvers, so the estimate is biased and the martingale variant should be used.
 
     Raises:
         EstimatorInputError: bad records or options, or no crash at all.
@@ -614,9 +614,14 @@ def scv_estimate(
     residual_variance = float(adjusted.var(ddof=ddof))
     extra: dict[str, Any] = {}
     if variant == "stratified":
-        finite = [abs(c["z"]) for c in check if math.isfinite(c["z"])]
-        extra = {"stratum_mean_check": check, "stratum_mean_max_abs_z": max(finite, default=0.0),
-                 "stratum_means_nonzero": any(abs(c["z"]) > STRATUM_CHECK_Z for c in check)}
+        # Only strata that were adjusted can bias the estimate; the others keep Y~ = Y.
+        fitted_strata = {f["k"] for f in fits if f["beta"] is not None}
+        for c in check:
+            c["adjusted"] = c["k"] in fitted_strata
+        relevant = [abs(c["z"]) for c in check if c["adjusted"]]
+        extra = {"stratum_mean_check": check,
+                 "stratum_mean_max_abs_z": max((z for z in relevant if math.isfinite(z)), default=0.0),
+                 "stratum_means_nonzero": any(z > STRATUM_CHECK_Z for z in relevant)}
     return _summarise(
         f"scv-{variant}", adjusted, n_crashes, confidence, ddof=ddof, clip_at_zero=False,
         details={
