@@ -202,6 +202,17 @@ def test_resolve_errors_name_file_and_field(tmp_path, edit, field):
     assert caught.value.file == str(path) and caught.value.field == field
 
 
+def test_shielded_controllers_are_refused(tmp_path):
+    """The attack checks act with the policy network alone, so they would attack a different controller."""
+    body = BASE_SPEC.replace(f'"{CARTPOLE_PPO}"', f'"{REPO_ROOT / "controllers" / "highway_sac_shielded.toml"}"').replace(
+        '"classic/cartpole"', '"highway/cruise"').replace('quantity = "expected_return"', 'quantity = "no_collision"')
+    path = write_spec(tmp_path, body)
+    with pytest.raises(SpecError) as caught:
+        resolve_certification(path)
+    assert caught.value.file == str(path) and caught.value.field == "controller"
+    assert "shield = 'idm'" in caught.value.reason and "highway_sac.toml" in caught.value.reason
+
+
 def test_integer_estimator_needs_integer_returns(tmp_path):
     body = BASE_SPEC.replace('controller = ', 'estimator = "integer"\ncontroller = ').replace(
         f'"{CARTPOLE_PPO}"', f'"{REPO_ROOT / "controllers" / "pendulum_dsac_t.toml"}"').replace(

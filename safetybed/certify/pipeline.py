@@ -126,6 +126,12 @@ def resolve_certification(path: str | Path) -> Certification:
     spec = loaded.spec
     controller_path = loaded.controller_path()
     controller_spec = load_controller_spec(controller_path)
+    if controller_spec.spec.shield != "none":
+        # The smoothed clean episodes would run shielded (the runner loads the spec), but the attack sanity checks
+        # and `bench certify` act with the policy network alone: they would test another controller.
+        raise SpecError(loaded.path, "controller", f"{controller_path}: shield = {controller_spec.spec.shield!r}: "
+                        f"the attack checks run the policy network unshielded, so a shielded controller cannot be "
+                        f"certified here; certify the unshielded spec (e.g. controllers/highway_sac.toml)")
     if not controller_spec.checkpoint_dir.exists():
         raise SpecError(loaded.path, "controller", f"{controller_path}: checkpoint folder "
                         f"{controller_spec.checkpoint_dir} does not exist; train it with safetybed train "
