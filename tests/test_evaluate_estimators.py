@@ -616,3 +616,14 @@ def test_tests_needed_extrapolates_from_the_per_test_variance():
     assert needed == pytest.approx(10_000 * (result.rhw / 0.3) ** 2, rel=1e-14)
     assert needed == pytest.approx((Z90 / 0.3) ** 2 * (1 - 0.0025) / 0.0025 * 10_000 / 9_999, rel=1e-12)
     assert needed == pytest.approx(30 / 0.0025, rel=0.01)
+
+
+def test_decision_from_scores_normalises_and_refuses_a_zero_row():
+    """Shared by NADE and AdaTE: q~ = scores / sum; an all-zero row (a non-critical context) is an error."""
+    from safetybed.evaluate.critical import Decision
+
+    decision = Decision.from_scores(np.array([1.0, 3.0, 0.0]), 0.1, who="NadeProposal")
+    np.testing.assert_allclose(decision.q_tilde, [0.25, 0.75, 0.0])
+    assert decision.epsilon == 0.1
+    with pytest.raises(ValueError, match="NadeProposal.decide: called on a non-critical context"):
+        Decision.from_scores(np.zeros(3), 0.1, who="NadeProposal")

@@ -5,28 +5,5 @@
 relative-half-width stopping rule (``research/cav_eval.md`` §1, §2.3, §6.4).
 """
 
-from safetybed.evaluate.estimators import (
-    EstimateResult,
-    EstimatorInputError,
-    bootstrap_tests_to_rhw,
-    crude_estimate,
-    nade_estimate,
-    rhw_curve,
-    scv_estimate,
-    tests_needed,
-    tests_to_rhw,
-)
-from safetybed.evaluate.records import TestRecord
-
-__all__ = [
-    "EstimateResult",
-    "EstimatorInputError",
-    "TestRecord",
-    "bootstrap_tests_to_rhw",
-    "crude_estimate",
-    "nade_estimate",
-    "rhw_curve",
-    "scv_estimate",
-    "tests_needed",
-    "tests_to_rhw",
-]
+from safetybed.evaluate.estimators import *  # noqa: F403  (the public estimator API, TestRecord included)
+from safetybed.evaluate.estimators import __all__ as __all__

@@ -103,10 +103,7 @@ class AdaTEProposal:
 
     def decide(self, context: CriticalContext) -> Decision:
         scores = self._scores(context)
-        total = scores.sum()
-        if not total > 0:
-            raise ValueError("AdaTEProposal.decide: called on a non-critical context (criticality 0)")
-        return Decision(q_tilde=scores / total, epsilon=self.epsilon)
+        return Decision.from_scores(scores, self.epsilon, who="AdaTEProposal")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,14 @@ class Decision:
     q_tilde: np.ndarray
     epsilon: float
 
+    @classmethod
+    def from_scores(cls, scores: np.ndarray, epsilon: float, *, who: str) -> Decision:
+        """``q~ = scores / sum(scores)``; ``who`` names the proposal in the error for an all-zero (non-critical) row."""
+        total = scores.sum()
+        if not total > 0:
+            raise ValueError(f"{who}.decide: called on a non-critical context (criticality 0)")
+        return cls(q_tilde=scores / total, epsilon=epsilon)
+
     def mixture(self, p: np.ndarray) -> np.ndarray:
         """The sampling pmf ``q = (1 - epsilon) q~ + epsilon p``."""
         return (1.0 - self.epsilon) * self.q_tilde + self.epsilon * p

@@ -181,18 +181,22 @@ class _Batch:
         """``Y_i = 1{crash_i} * W_i`` (E2)."""
         return np.where(self.crashed, np.exp(self.log_weights()), 0.0)
 
+    def step_ratios(self) -> np.ndarray:
+        """``r = q~ / q`` of every step (E5), flat."""
+        return self.q_tilde / self.q
+
     def ratio_matrix(self, k_max: int) -> np.ndarray:
         """``R[i, j] = r_{j+1} = q~ / q`` of record ``i``'s step ``j+1`` (E5), 1 where the record has no such step."""
         ratios = np.ones((self.n, k_max))
         keep = self.step_index < k_max
-        ratios[self.record_of_step[keep], self.step_index[keep]] = (self.q_tilde / self.q)[keep]
+        ratios[self.record_of_step[keep], self.step_index[keep]] = self.step_ratios()[keep]
         return ratios
 
     def tail_feature(self, k_max: int) -> np.ndarray:
         """(E7) ``sum_{j > k_max} (r_j - 1)`` per record: steps past ``k_max`` pooled into one martingale feature."""
         tail = np.zeros(self.n)
         beyond = self.step_index >= k_max
-        np.add.at(tail, self.record_of_step[beyond], (self.q_tilde / self.q)[beyond] - 1.0)
+        np.add.at(tail, self.record_of_step[beyond], self.step_ratios()[beyond] - 1.0)
         return tail
 
 

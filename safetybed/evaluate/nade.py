@@ -51,7 +51,4 @@ class NadeProposal:
 
     def decide(self, context: CriticalContext) -> Decision:
         weights = self._weights(context)
-        total = weights.sum()
-        if not total > 0:
-            raise ValueError("NadeProposal.decide: called on a non-critical context (criticality 0)")
-        return Decision(q_tilde=weights / total, epsilon=self.epsilon)
+        return Decision.from_scores(weights, self.epsilon, who="NadeProposal")

@@ -342,7 +342,7 @@ class CutInTables:
             q = np.where(crit[:, None], (1 - eps[:, None]) * qt + eps[:, None] * p1, p1)
             a1 = _inverse_cdf(q, u[:, 2])
             # "fixed": the second decision is logged whenever the first was (drawn from p where not critical).
-            logged = crit | critical[:, 0] if self.bed.critical_set == "fixed" else crit
+            logged = (crit | critical[:, 0]) if self.bed.critical_set == "fixed" else crit
             taken = np.arange(n), a1
             critical[:, 1] = logged
             p_taken[:, 1] = np.where(logged, p1[taken], np.nan)
