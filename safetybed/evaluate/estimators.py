@@ -445,6 +445,8 @@ def _martingale_features(ratios: np.ndarray, subsets: list[tuple[int, ...]]) -> 
 
 #: |z| above which a stratum-conditional feature mean counts as non-zero in :func:`_stratum_mean_check`.
 STRATUM_CHECK_Z = 4.0
+#: Relative spread below which a stratum's feature column counts as constant (rounding noise, not data).
+_CONSTANT_RTOL = 1e-9
 
 
 def _stratum_mean_check(design: np.ndarray, names: list[str], k: int) -> list[dict[str, Any]]:
@@ -454,14 +456,19 @@ def _stratum_mean_check(design: np.ndarray, names: list[str], k: int) -> list[di
     from 0 shows that the number of critical steps depends on earlier maneuvers in these tests, the case in which
     the stratum-wise fit is biased (``cav_eval.md`` §2.3, pitfall 1). The features are bounded by
     ``1 / (1 - eps)`` per step, so the normal approximation of the mean is adequate at the sizes we fit.
+
+    A feature with no spread in the stratum (every test drew the same component, e.g. all ``r = 1/(1 - eps)``)
+    gets ``z = nan`` and ``constant = True``: centring zeroes its column, so its slope is 0 and it cannot move the
+    estimate, and dividing its mean by a rounding-error standard error gave z-scores of 1e16 (highway, k = 1).
     """
     out = []
     m = design.shape[0]
     for column, name in zip(design.T, names, strict=True):
         mean = float(column.mean())
-        se = float(column.std(ddof=1) / math.sqrt(m)) if m > 1 else math.nan
-        z = mean / se if se > 0 else (0.0 if mean == 0 else math.inf)
-        out.append({"k": k, "feature": name, "n": m, "mean": mean, "z": z})
+        spread = float(column.std(ddof=1)) if m > 1 else 0.0
+        constant = spread <= _CONSTANT_RTOL * max(1.0, abs(mean))
+        z = math.nan if constant else mean / (spread / math.sqrt(m))
+        out.append({"k": k, "feature": name, "n": m, "mean": mean, "z": z, "constant": constant})
     return out
 
 
@@ -622,7 +629,7 @@ def scv_estimate(
         fitted_strata = {f["k"] for f in fits if f["beta"] is not None}
         for c in check:
             c["adjusted"] = c["k"] in fitted_strata
-        relevant = [abs(c["z"]) for c in check if c["adjusted"]]
+        relevant = [abs(c["z"]) for c in check if c["adjusted"] and not c["constant"]]
         extra = {"stratum_mean_check": check,
                  "stratum_mean_max_abs_z": max((z for z in relevant if math.isfinite(z)), default=0.0),
                  "stratum_means_nonzero": any(z > STRATUM_CHECK_Z for z in relevant)}
