@@ -524,7 +524,7 @@ def test_bad_records_raise_an_error_naming_record_and_field(estimator, records, 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"confidence": 1.0}, r"confidence: expected a two-sided level in \(0, 1\)"),
     ({"confidence": "0.9"}, "confidence"),
-    ({"variant": "pooled"}, "variant: expected 'stratified' or 'martingale', got 'pooled'"),
+    ({"variant": "pooled"}, "variant: expected 'stratified', 'martingale' or 'learned', got 'pooled'"),
     ({"features": "pairs"}, "features: expected 'singletons' or 'products'"),
     ({"k_max": 0}, "k_max: expected an integer >= 1, got 0"),
     ({"ridge": -1.0}, "ridge: expected a finite number >= 0"),

@@ -10,7 +10,7 @@ import pytest
 from safetybed.errors import InputError
 from safetybed.evaluate.adate import load_proposal as load_adate
 from safetybed.evaluate.d2rl import load_proposal as load_d2rl
-from safetybed.evaluate.highway import records_from_run
+from safetybed.evaluate.highway import STATE_FEATURES, records_from_run
 from safetybed.evaluate.pipeline import evaluate_highway
 
 
@@ -25,7 +25,7 @@ def document(tmp_path_factory):
 
 def test_every_method_reports_a_result(document):
     names = [entry["method"] for entry in document["methods"]]
-    assert names == ["crude", "nade", "scv-martingale", "scv-stratified", "d2rl", "adate"]
+    assert names == ["crude", "nade", "scv-martingale", "scv-stratified", "scv-learned", "d2rl", "adate"]
     for entry in document["methods"]:
         for key in ("estimate", "ci", "rhw", "n", "n_crashes", "tests", "tests_needed", "rhw_curve"):
             assert key in entry
@@ -43,6 +43,9 @@ def test_runs_are_stored_and_proposals_reload(document):
         assert len(records) == 12
         for record in records:
             assert len(record.p) == len(record.q_tilde) == len(record.epsilon)
+            # the learned SCV variant's covariates: one criticality and one kinematic state per critical step
+            assert len(record.criticality) == len(record.state) == len(record.p)
+            assert all(len(row) == len(STATE_FEATURES) for row in record.state)
     d2rl = load_d2rl(next(e for e in document["methods"] if e["method"] == "d2rl")["d2rl_policy"])
     eps = d2rl.policy.epsilon(np.zeros((3, 8)))
     assert np.all((eps >= 0.001) & (eps <= 0.999))

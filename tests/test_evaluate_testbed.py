@@ -123,7 +123,7 @@ def test_coverage_fast_variant(tables):
                           seed=2024, d2rl_iterations=10)
     by_name = {row.method: row for row in rows}
     mu = tables.exact_crash_probability
-    for name in ("crude", "nade", "scv-martingale", "d2rl", "adate"):
+    for name in ("crude", "nade", "scv-martingale", "scv-learned", "d2rl", "adate"):
         row = by_name[name]
         assert row.covered >= 14, (name, row.to_json(mu))
         assert row.failures == 0
@@ -190,7 +190,7 @@ def test_cli_evaluate_testbed_json_and_bad_input(tmp_path):
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     names = [entry["method"] for entry in document["methods"]]
-    assert names == ["nade", "scv-martingale", "scv-stratified"]
+    assert names == ["nade", "scv-martingale", "scv-stratified", "scv-learned"]
     for entry in document["methods"]:
         for key in ("estimate", "ci", "rhw", "n", "n_crashes", "tests_needed", "bootstrap", "rhw_curve"):
             assert key in entry

@@ -18,7 +18,7 @@ def test_quickstart_runs_both_simulators_and_certifies(cli, tmp_path):
     assert (tmp_path / "certificate" / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     evaluation = result["evaluation"]
     assert [row["method"] for row in evaluation["methods"]] == ["crude", "nade", "scv-martingale", "scv-stratified",
-                                                                 "adate"]
+                                                                 "scv-learned", "adate"]
     exact = evaluation["exact_crash_probability"]
     nade = evaluation["methods"][1]
     assert nade["ci"][0] <= exact <= nade["ci"][1]  # seed 0: checked; coverage itself is tested elsewhere

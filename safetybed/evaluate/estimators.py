@@ -13,6 +13,7 @@ paper's own equation numbers could not be checked, see ``cav_eval.md`` §7)::
     features:   r_k = q~_k / q_k, E_q[r_k | history] = 1;  Z = {r_k} or {prod_{k in S} r_k : S != {}}  (E5)
     martingale: zeta_S = prod_{j in S} (r_j - 1) * 1{K >= max S},  E_q[zeta_S] = 0                    (E6)
     tail:       zeta_tail = sum_{k_max < j <= K} (r_j - 1),  E_q[zeta_tail] = 0                         (E7)
+    learned:    psi = sum_j W_{<j} C_j g(s_j) (r_j - 1),  E_q[psi] = 0 for g fitted on other tests      (E8)
 
 (E1)-(E3) follow the NADE repository's ``plot.ipynb`` [2] (running mean, ``ddof = 1`` std, 1.645 for 90 %).
 (E4) is the mixture-importance-sampling control variate of Owen & Zhou [3]: each ``h_S / q`` has known mean 1
@@ -25,7 +26,8 @@ critical steps depends on earlier maneuvers (a hard brake creates further critic
 stratum-wise fit is biased. The martingale features (E6) are predictable products of ``r_j - 1``, so
 ``E_q[zeta_S] = 0`` holds unconditionally and one global regression stays unbiased. With ``cross_fit=True``
 ``beta`` is fitted on the other half of the tests (even/odd index), which removes the ``O(1/n)`` bias of an
-in-sample fit (pitfall 2).
+in-sample fit (pitfall 2). The learned variant (E8, :mod:`safetybed.evaluate.scv_learned`) adds one feature whose
+weight on each critical step is a crash model of the step's state, fitted on the other half of the tests.
 
 References:
     [1] J. Yang, H. Sun, H. He, Y. Zhang, S. Feng, H. X. Liu. "Adaptive Safety Evaluation for Connected and
@@ -50,6 +52,7 @@ from scipy import stats
 
 from safetybed.errors import InputError
 from safetybed.evaluate.records import TestRecord
+from safetybed.evaluate.scv_learned import CovariateError, fit_crash_model, learned_feature, parse_covariates
 
 __all__ = [
     "EstimateResult",
@@ -488,9 +491,47 @@ def _fit_slopes(features: np.ndarray, outcomes: np.ndarray, ridge: float) -> np.
     return beta
 
 
+def _learned_designs(records: list[Any], batch: _Batch, design: np.ndarray, odd: np.ndarray,
+                     min_crashes: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Per fitting fold, the martingale design plus (E8) with ``g`` fitted on that fold's adversarial draws.
+
+    The column is scaled by its spread on the fitting fold (the ridge assumes features of order 1; E8 is of the
+    order of the crash rate). A fold with fewer than ``min_crashes`` crashes, or no survivor, among its
+    adversarial draws gets a zero column (no slope) and says why in ``details["learned_fits"]``.
+    """
+    try:
+        criticality, states = parse_covariates(records, batch.n_steps)
+    except CovariateError as error:
+        raise EstimatorInputError(str(error)) from None
+    ratios = batch.step_ratios()
+    log_ratio = np.log(batch.p) - np.log(batch.q)
+    adversarial = batch.q_tilde > batch.p  # the importance component favoured the drawn maneuver (r > 1)
+    designs, fits = {}, []
+    for seed, (fold, fit_on) in enumerate((("odd", odd), ("even", ~odd))):
+        train = adversarial & fit_on[batch.record_of_step]
+        labels = batch.crashed[batch.record_of_step[train]]
+        fit = {"fit_on": fold, "adversarial_steps": int(train.sum()), "crashed": int(labels.sum()), "skipped": None}
+        column = np.zeros(batch.n)
+        if labels.sum() < max(min_crashes, 1) or labels.all():
+            fit["skipped"] = (f"{int(labels.sum())} crashed and {int((~labels).sum())} survived of the adversarial "
+                              f"draws; the crash model needs >= {max(min_crashes, 1)} of the first and >= 1 of the "
+                              "second")
+        else:
+            g = fit_crash_model(states[train], labels, seed=seed)(states)
+            psi = learned_feature(record_of_step=batch.record_of_step, n=batch.n, log_ratio=log_ratio,
+                                  ratios=ratios, criticality=criticality, g=g)
+            scale = float(psi[fit_on].std())
+            fit["scale"] = scale
+            if scale > 0:
+                column = psi / scale
+        designs[fold] = np.column_stack([design, column])
+        fits.append(fit)
+    return designs, fits
+
+
 def _check_scv_options(variant: str, features: str, k_max: int, ridge: float, min_stratum_crashes: int) -> None:
-    if variant not in ("stratified", "martingale"):
-        raise EstimatorInputError(f"variant: expected 'stratified' or 'martingale', got {variant!r}")
+    if variant not in ("stratified", "martingale", "learned"):
+        raise EstimatorInputError(f"variant: expected 'stratified', 'martingale' or 'learned', got {variant!r}")
     if features not in ("singletons", "products"):
         raise EstimatorInputError(f"features: expected 'singletons' or 'products', got {features!r}")
     if isinstance(k_max, bool) or not isinstance(k_max, int | np.integer) or k_max < 1:
@@ -506,7 +547,7 @@ def _check_scv_options(variant: str, features: str, k_max: int, ridge: float, mi
 def scv_estimate(
     records: Any,
     *,
-    variant: Literal["stratified", "martingale"] = "stratified",
+    variant: Literal["stratified", "martingale", "learned"] = "stratified",
     cross_fit: bool = True,
     confidence: float = 0.9,
     features: Literal["singletons", "products"] = "singletons",
@@ -525,7 +566,10 @@ def scv_estimate(
         variant: ``"stratified"``: one regression per stratum ``K = k`` (number of critical steps),
             ``1 <= k <= k_max``, on ``Z - 1`` (SCV as in [1], ``cav_eval.md`` §2.3). Biased when the number of
             critical steps depends on earlier maneuvers (``E_q[Z | K = k] != 1``). ``"martingale"``: one global
-            regression on the predictable zero-mean features (E6); unbiased in that case too.
+            regression on the predictable zero-mean features (E6); unbiased in that case too. ``"learned"``: the
+            martingale features plus (E8), a feature weighted by a crash model of each critical step's state
+            (:mod:`safetybed.evaluate.scv_learned`); needs ``criticality`` and ``state`` in every record and
+            ``cross_fit=True`` (the model and ``beta`` are fitted on one half, applied to the other).
         cross_fit: fit ``beta`` on the odd-indexed tests and apply it to the even-indexed ones, and vice versa
             (deterministic, no RNG); ``std`` then uses ``ddof = 1``. False: in-sample fit, ``ddof = 1 + slopes``.
         confidence: two-sided level of the normal interval on the adjusted values.
@@ -554,6 +598,10 @@ def scv_estimate(
     """
     confidence = _check_confidence(confidence)
     _check_scv_options(variant, features, k_max, ridge, min_stratum_crashes)
+    if variant == "learned" and not cross_fit:
+        raise EstimatorInputError("cross_fit: the learned variant must fit its crash model on other tests than it "
+                                  "adjusts (unbiasedness), so it needs cross_fit=True, got False")
+    records = _as_list(records, "records")
     batch = _parse_records(records)
     n, n_crashes = batch.n, int(batch.crashed.sum())
     if n_crashes == 0:
@@ -564,14 +612,18 @@ def scv_estimate(
     adjusted = outcomes.copy()
     fits: list[dict[str, Any]] = []
 
-    def adjust(members: np.ndarray, design: np.ndarray, label: dict[str, Any]) -> int:
-        """Fit on the members' tests (or per fold) and subtract ``beta^T design`` (E4); returns slopes fitted."""
+    def adjust(members: np.ndarray, designs: np.ndarray | dict[str, np.ndarray], label: dict[str, Any]) -> int:
+        """Fit on the members' tests (or per fold) and subtract ``beta^T design`` (E4); returns slopes fitted.
+
+        ``designs`` is one design, or one per fitting fold (the learned variant: its column depends on the fold).
+        """
         if cross_fit:  # (fit on, apply to, name of the fitting fold)
             plans = [(members & odd, members & ~odd, "odd"), (members & ~odd, members & odd, "even")]
         else:
             plans = [(members, members, "all")]
         fitted = 0
         for fit_on, apply_to, fold in plans:
+            design = designs[fold] if isinstance(designs, dict) else designs
             fit_n, fit_crashes = int(fit_on.sum()), int(batch.crashed[fit_on].sum())
             record = {**label, "fit_on": fold, "n": fit_n, "crashes": fit_crashes, "beta": None, "skipped": None}
             if fit_crashes < min_stratum_crashes:
@@ -608,7 +660,12 @@ def scv_estimate(
             design = np.column_stack([design, batch.tail_feature(k_max)])
             feature_names["all"].append(f"sum_(j>{k_max})(r_j-1)")
         everyone = np.ones(n, dtype=bool)
-        slopes = adjust(everyone, design, {"k": "all"})
+        if variant == "learned":
+            designs, learned_fits = _learned_designs(records, batch, design, odd, min_stratum_crashes)
+            feature_names["all"].append("sum_j W_<j C_j g(s_j) (r_j-1)")
+            slopes = adjust(everyone, designs, {"k": "all"})
+        else:
+            slopes = adjust(everyone, design, {"k": "all"})
 
     ddof = 1 if cross_fit else 1 + slopes
     strata = _strata_counts(batch.n_steps, batch.crashed)
@@ -623,7 +680,7 @@ def scv_estimate(
         elif variant == "stratified" and k > k_max:
             stratum["reason"] = f"more than k_max={k_max} critical steps: left as plain IS"
     residual_variance = float(adjusted.var(ddof=ddof))
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"learned_fits": learned_fits} if variant == "learned" else {}
     if variant == "stratified":
         # Only strata that were adjusted can bias the estimate; the others keep Y~ = Y.
         fitted_strata = {f["k"] for f in fits if f["beta"] is not None}

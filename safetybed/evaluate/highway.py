@@ -333,11 +333,26 @@ def records_from_run(store_path: str | Path, run_id: str) -> list[TestRecord]:
     return records_from_logs(critical_logs_from_run(store_path, run_id))
 
 
+#: The :data:`FEATURE_NAMES` that make a record's ``state`` (the kinematic ones, known before the draw).
+STATE_FEATURES: tuple[str, ...] = ("relative_position", "range_rate", "ego_speed", "lane_relation", "vehicle_speed")
+_STATE_COLUMNS = tuple(FEATURE_NAMES.index(name) for name in STATE_FEATURES)
+
+
 def records_from_logs(logs: list[tuple[bool, list[dict[str, Any]]]]) -> list[TestRecord]:
-    """:class:`TestRecord` s from the per-test ``(crashed, critical steps)`` of :func:`critical_logs_from_run`."""
-    return [TestRecord(crashed=crashed, p=tuple(float(d["p"]) for d in steps),
-                       q_tilde=tuple(float(d["q_tilde"]) for d in steps),
-                       epsilon=tuple(float(d["epsilon"]) for d in steps)) for crashed, steps in logs]
+    """:class:`TestRecord` s from the per-test ``(crashed, critical steps)`` of :func:`critical_logs_from_run`.
+
+    ``criticality`` and ``state`` (:data:`STATE_FEATURES`) are filled where every step of the test logged them.
+    """
+    records = []
+    for crashed, steps in logs:
+        covariates: dict[str, Any] = {}
+        if all("criticality" in d and len(d.get("features") or ()) == len(FEATURE_NAMES) for d in steps):
+            covariates = {"criticality": tuple(float(d["criticality"]) for d in steps),
+                          "state": tuple(tuple(float(d["features"][c]) for c in _STATE_COLUMNS) for d in steps)}
+        records.append(TestRecord(crashed=crashed, p=tuple(float(d["p"]) for d in steps),
+                                  q_tilde=tuple(float(d["q_tilde"]) for d in steps),
+                                  epsilon=tuple(float(d["epsilon"]) for d in steps), **covariates))
+    return records
 
 
 def critical_logs_from_run(store_path: str | Path, run_id: str) -> list[tuple[bool, list[dict[str, Any]]]]:
@@ -350,5 +365,5 @@ def critical_logs_from_run(store_path: str | Path, run_id: str) -> list[tuple[bo
     return [(bool(e.collision), [d for d in (e.decisions or []) if d.get("critical")]) for e in episodes]
 
 
-__all__ = ["CRITICAL_KEYS", "FEATURE_NAMES", "HighwayTester", "SUPPORTED_TASKS", "critical_logs_from_run",
+__all__ = ["CRITICAL_KEYS", "FEATURE_NAMES", "STATE_FEATURES", "HighwayTester", "SUPPORTED_TASKS", "critical_logs_from_run",
            "make_proposal", "make_tester", "reconciled_mixture", "records_from_logs", "records_from_run"]

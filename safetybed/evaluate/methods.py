@@ -4,8 +4,8 @@
 
 * ``crude`` — naturalistic (NDE) testing, crude Monte Carlo;
 * ``nade`` — NADE importance sampling (surrogate row 0, epsilon = 0.1);
-* ``scv`` — NADE tests post-processed with sparse control variates (both the stratified and the martingale
-  variant, 2-fold cross-fitted);
+* ``scv`` — NADE tests post-processed with sparse control variates (the martingale, stratified and learned
+  variants, 2-fold cross-fitted);
 * ``d2rl`` — NADE behaviour tests train the D2RL epsilon policy (PPO on critical steps of crash tests), then new
   tests run under it (the training tests are reported separately as ``training_tests``);
 * ``adate`` — AdaTE batches (surrogate-combination QP + dense target + gap-driven policy), all batches pooled.
@@ -37,6 +37,8 @@ from safetybed.evaluate.testbed import (
 )
 
 METHODS = ("crude", "nade", "scv", "d2rl", "adate")
+#: The SCV variants ``scv`` reports, in this order (the first is the method's primary estimate).
+SCV_VARIANTS = ("martingale", "stratified", "learned")
 
 
 @dataclass
@@ -63,8 +65,8 @@ def estimates_for(method: str, batch: TestBatch, *, confidence: float) -> list[E
         return [crude_estimate(batch.crashed, confidence=confidence)]
     records = batch.records()
     if method == "scv":
-        return [scv_estimate(records, variant="martingale", cross_fit=True, confidence=confidence),
-                scv_estimate(records, variant="stratified", cross_fit=True, confidence=confidence)]
+        return [scv_estimate(records, variant=variant, cross_fit=True, confidence=confidence)
+                for variant in SCV_VARIANTS]
     result = nade_estimate(records, confidence=confidence)
     return [_renamed(result, method)]
 
@@ -160,7 +162,7 @@ def coverage_study(tables: CutInTables, *, methods: list[str], repetitions: int,
 
     The D2RL policy is trained once (its own seed) and then evaluated in every repetition, as a user would deploy
     it; AdaTE runs its whole adaptive loop in every repetition (its pooled estimate is what is being checked).
-    SCV contributes two rows (``scv-martingale``, ``scv-stratified``).
+    SCV contributes a row per variant (``scv-martingale``, ``scv-stratified``, ``scv-learned``).
     """
     exact = tables.exact_crash_probability
     rows: dict[str, CoverageRow] = {}
@@ -189,7 +191,7 @@ def coverage_study(tables: CutInTables, *, methods: list[str], repetitions: int,
                                              confidence=confidence)
                 except EstimatorInputError:
                     run = None
-            names = ["scv-martingale", "scv-stratified"] if method == "scv" else [method]
+            names = [f"scv-{variant}" for variant in SCV_VARIANTS] if method == "scv" else [method]
             for k, name in enumerate(names):
                 row = rows.setdefault(name, CoverageRow(method=name, repetitions=0,
                                                         tests_per_repetition=tests[method], covered=0,

@@ -151,6 +151,7 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
     from safetybed.catalogue import load_scenario_arg
     from safetybed.evaluate.estimators import crude_estimate, nade_estimate, scv_estimate
     from safetybed.evaluate.highway import SUPPORTED_TASKS, critical_logs_from_run, records_from_logs
+    from safetybed.evaluate.methods import SCV_VARIANTS
     from safetybed.runner import RunStore, start_run
     from safetybed.spec.scenario import TestingSpec
 
@@ -231,7 +232,7 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
             if method == "nade":
                 results.append((nade_estimate(records, confidence=confidence), len(records), 0, {}))
             else:
-                for variant in ("martingale", "stratified"):
+                for variant in SCV_VARIANTS:
                     results.append((scv_estimate(records, variant=variant, cross_fit=True, confidence=confidence),
                                     len(records), 0, {}))
         elif method == "d2rl":

@@ -14,6 +14,11 @@ class TestRecord:
     importance component's probability of it; ``epsilon[k]``: the defensive mixture weight, so the sampling
     probability was ``q = (1 - epsilon) q~ + epsilon p`` and the step's likelihood ratio is ``p / q``
     (``research/cav_eval.md`` §1). A test run under the naturalistic distribution has empty sequences.
+
+    Optional, per critical step, read only by ``scv_estimate(variant="learned")``: ``criticality[k]``, the
+    proposal's criticality ``sum_u p(u) c(s, u)`` of the step, and ``state[k]``, a vector of the step's state
+    known before the maneuver is drawn (the highway records: relative position, range rate, ego speed, lane
+    relation, vehicle speed). Leave them empty when not available.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -22,3 +27,5 @@ class TestRecord:
     p: Sequence[float] = ()
     q_tilde: Sequence[float] = ()
     epsilon: Sequence[float] = ()
+    criticality: Sequence[float] = ()
+    state: Sequence[Sequence[float]] = ()

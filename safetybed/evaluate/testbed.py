@@ -186,6 +186,8 @@ class TestBatch:
     p: np.ndarray  # (n, 2) probability of the sampled action under p (NaN where not critical)
     q_tilde: np.ndarray  # (n, 2)
     epsilon: np.ndarray  # (n, 2)
+    criticality: np.ndarray  # (n, 2) the proposal's criticality of each step (0 where not critical)
+    state: np.ndarray  # (n, 2, 4) (step, gap, range rate, BV speed) as in CutInTables.features, before the draw
 
     @property
     def n(self) -> int:
@@ -208,12 +210,15 @@ class TestBatch:
             mask = self.critical[i]
             out.append(TestRecord(crashed=bool(self.crashed[i]), p=tuple(self.p[i, mask].tolist()),
                                   q_tilde=tuple(self.q_tilde[i, mask].tolist()),
-                                  epsilon=tuple(self.epsilon[i, mask].tolist())))
+                                  epsilon=tuple(self.epsilon[i, mask].tolist()),
+                                  criticality=tuple(self.criticality[i, mask].tolist()),
+                                  state=tuple(tuple(row) for row in self.state[i, mask].tolist())))
         return out
 
     @staticmethod
     def concatenate(batches: list[TestBatch]) -> TestBatch:
-        fields = ("gap_index", "a0_index", "a1_index", "crashed", "critical", "p", "q_tilde", "epsilon")
+        fields = ("gap_index", "a0_index", "a1_index", "crashed", "critical", "p", "q_tilde", "epsilon",
+                  "criticality", "state")
         return TestBatch(**{name: np.concatenate([getattr(b, name) for b in batches]) for name in fields})
 
 
@@ -318,6 +323,7 @@ class CutInTables:
         p_taken = np.full((n, 2), np.nan)
         qt_taken = np.full((n, 2), np.nan)
         eps_taken = np.full((n, 2), np.nan)
+        criticality = np.zeros((n, 2))
         # step 0
         p0 = self.p0[gap_index]
         if table is None:
@@ -328,6 +334,7 @@ class CutInTables:
             q = np.where(crit[:, None], (1 - eps[:, None]) * table.qt0[gap_index] + eps[:, None] * p0, p0)
             a0 = _inverse_cdf(q, u[:, 1])
             critical[:, 0] = crit
+            criticality[:, 0] = table.crit0[gap_index]
             p_taken[:, 0] = np.where(crit, p0[np.arange(n), a0], np.nan)
             qt_taken[:, 0] = np.where(crit, table.qt0[gap_index, a0], np.nan)
             eps_taken[:, 0] = np.where(crit, eps, np.nan)
@@ -345,12 +352,16 @@ class CutInTables:
             logged = (crit | critical[:, 0]) if self.bed.critical_set == "fixed" else crit
             taken = np.arange(n), a1
             critical[:, 1] = logged
+            criticality[:, 1] = table.crit1[gap_index, a0]
             p_taken[:, 1] = np.where(logged, p1[taken], np.nan)
             qt_taken[:, 1] = np.where(crit, qt[taken], np.where(logged, p1[taken], np.nan))
             eps_taken[:, 1] = np.where(crit, eps, np.where(logged, 1.0, np.nan))
         crashed = self.crash[gap_index, a0, a1] > 0
+        zeros = np.zeros(n)
+        state = np.stack([self.features(0, gap_index, None, zeros, zeros)[:, :4],
+                          self.features(1, gap_index, a0, zeros, zeros)[:, :4]], axis=1)
         return TestBatch(gap_index=gap_index, a0_index=a0, a1_index=a1, crashed=crashed, critical=critical,
-                         p=p_taken, q_tilde=qt_taken, epsilon=eps_taken)
+                         p=p_taken, q_tilde=qt_taken, epsilon=eps_taken, criticality=criticality, state=state)
 
 
 def _evaluate(proposal: Proposal, contexts: list[CriticalContext], n_acc: int):
