@@ -18,7 +18,7 @@ import pytest
 from safetybed.evaluate import EstimatorInputError, TestRecord, nade_estimate, scv_estimate
 from safetybed.evaluate.scv_learned import learned_feature
 
-C, EPS = 0.01, 0.9  # epsilon as in scenarios/highway/*_nade.toml (see test_the_gain_depends_on_epsilon)
+C, EPS = 0.01, 0.9  # epsilon as in scenarios/highway/*_nade.toml (see test_small_epsilon_gets_a_caveat)
 MU = C * 0.5 * (2.0 - C)
 
 
@@ -26,23 +26,23 @@ def crash_probability(s: float) -> float:
     return 0.98 if s < 0.5 else 0.02
 
 
-def sample(n: int, rng: np.random.Generator) -> list[TestRecord]:
-    q_adv = (1.0 - EPS) + EPS * C
+def sample(n: int, rng: np.random.Generator, *, eps: float = EPS) -> list[TestRecord]:
+    q_adv = (1.0 - eps) + eps * C
     records = []
     for _ in range(n):
-        p, qt, eps, crit, state, crashed = [], [], [], [], [], False
+        p, qt, eps_log, crit, state, crashed = [], [], [], [], [], False
         for _step in range(2):
             s = float(rng.random())
             adversarial = bool(rng.random() < q_adv)
             p.append(C if adversarial else 1.0 - C)
             qt.append(1.0 if adversarial else 0.0)
-            eps.append(EPS)
+            eps_log.append(eps)
             crit.append(C)
             state.append((s,))
             if adversarial:
                 crashed = bool(rng.random() < crash_probability(s))
                 break
-        records.append(TestRecord(crashed, tuple(p), tuple(qt), tuple(eps), tuple(crit), tuple(state)))
+        records.append(TestRecord(crashed, tuple(p), tuple(qt), tuple(eps_log), tuple(crit), tuple(state)))
     return records
 
 
@@ -96,3 +96,15 @@ def test_learned_variant_is_deterministic_and_refuses_what_it_cannot_use():
     result = scv_estimate(safe, variant="learned")
     assert all(fit["skipped"] for fit in result.details["learned_fits"])
     assert result.estimate == pytest.approx(nade_estimate(safe).estimate, rel=1e-9)
+
+
+def test_small_epsilon_gets_a_caveat():
+    """At eps = 0.1 surviving a benign draw multiplies the weight by ~10, which the learned feature carries: the
+    report says so (oracle g measured 8.6x at eps = 0.9 and 1.04x at eps = 0.1 on this model, 4,000 tests)."""
+    from safetybed.evaluate.efficiency import method_entry
+
+    small = scv_estimate(sample(800, np.random.default_rng(4), eps=0.1), variant="learned")
+    assert small.details["epsilon_min"] == pytest.approx(0.1)
+    assert "eps < 0.5" in method_entry(small, tests=800, bootstrap_resamples=0)["caveat"]
+    usual = scv_estimate(sample(800, np.random.default_rng(4)), variant="learned")
+    assert "caveat" not in method_entry(usual, tests=800, bootstrap_resamples=0)

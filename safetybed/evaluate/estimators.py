@@ -680,7 +680,10 @@ def scv_estimate(
         elif variant == "stratified" and k > k_max:
             stratum["reason"] = f"more than k_max={k_max} critical steps: left as plain IS"
     residual_variance = float(adjusted.var(ddof=ddof))
-    extra: dict[str, Any] = {"learned_fits": learned_fits} if variant == "learned" else {}
+    extra: dict[str, Any] = {}
+    if variant == "learned":
+        extra = {"learned_fits": learned_fits,
+                 "epsilon_min": float(batch.epsilon.min()) if batch.epsilon.size else None}
     if variant == "stratified":
         # Only strata that were adjusted can bias the estimate; the others keep Y~ = Y.
         fitted_strata = {f["k"] for f in fits if f["beta"] is not None}
