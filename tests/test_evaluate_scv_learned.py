@@ -66,13 +66,21 @@ def test_learned_variant_covers_and_beats_the_martingale_variant():
 
 
 def test_learned_feature_matches_a_hand_computation():
-    """(E8) for two tests: W_<j is the product of the earlier steps' p/q."""
-    log_ratio = np.log(np.array([0.5, 2.0, 0.25]))
-    ratios = np.array([3.0, 0.5, 2.0])
+    """(E8) for three tests, by hand. eps = 0.5, q = (q~ + p) / 2:
+    test 0: p = 0.2, q~ = 0.6 (q = 0.4: p/q = 0.5, r = 1.5), then p = 0.4, q~ = 0 (q = 0.2: p/q = 2, r = 0);
+    test 1: p = 0.1, q~ = 0.7 (q = 0.4: p/q = 0.25, r = 1.75); test 2: no critical step.
+    W_<j is 1 at each test's first step and 0.5 at test 0's second."""
+    from safetybed.evaluate.estimators import _parse_records
+
+    records = [TestRecord(False, (0.2, 0.4), (0.6, 0.0), (0.5, 0.5)), TestRecord(True, (0.1,), (0.7,), (0.5,)),
+               TestRecord(False)]
+    batch = _parse_records(records)
+    weight_before = np.exp(batch.log_weights_before())
+    np.testing.assert_allclose(weight_before, [1.0, 0.5, 1.0], rtol=1e-12)
     crit, g = np.array([0.1, 0.2, 0.3]), np.array([0.9, 0.4, 0.7])
-    psi = learned_feature(record_of_step=np.array([0, 0, 1]), n=3, log_ratio=log_ratio, ratios=ratios,
-                          criticality=crit, g=g)
-    expected = [1.0 * 0.1 * 0.9 * 2.0 + 0.5 * 0.2 * 0.4 * (-0.5), 1.0 * 0.3 * 0.7 * 1.0, 0.0]
+    psi = learned_feature(record_of_step=batch.record_of_step, n=batch.n, weight_before=weight_before,
+                          ratios=batch.step_ratios(), criticality=crit, g=g)
+    expected = [1.0 * 0.1 * 0.9 * 0.5 + 0.5 * 0.2 * 0.4 * (0.0 - 1.0), 1.0 * 0.3 * 0.7 * 0.75, 0.0]
     np.testing.assert_allclose(psi, expected, rtol=1e-12)
 
 
@@ -105,6 +113,7 @@ def test_small_epsilon_gets_a_caveat():
 
     small = scv_estimate(sample(800, np.random.default_rng(4), eps=0.1), variant="learned")
     assert small.details["epsilon_min"] == pytest.approx(0.1)
-    assert "eps < 0.5" in method_entry(small, tests=800, bootstrap_resamples=0)["caveat"]
+    assert "eps < 0.5" in small.details["caveat"]  # the estimator's own warning, carried into the report
+    assert method_entry(small, tests=800, bootstrap_resamples=0)["caveat"] == small.details["caveat"]
     usual = scv_estimate(sample(800, np.random.default_rng(4)), variant="learned")
     assert "caveat" not in method_entry(usual, tests=800, bootstrap_resamples=0)

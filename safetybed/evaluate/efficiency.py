@@ -25,14 +25,6 @@ from safetybed.evaluate.estimators import (
     tests_to_rhw,
 )
 
-STRATIFIED_CAVEAT = ("biased when the number of critical steps depends on earlier maneuvers (E[r | K] != 1; "
-                     "research/cav_eval.md 2.3); use scv-martingale")
-#: Below this defensive weight the learned SCV feature is heavy-tailed (measured 0.58x NADE at eps = 0.1).
-LEARNED_MIN_EPSILON = 0.5
-LEARNED_CAVEAT = ("less efficient at a defensive weight eps < 0.5: its feature carries the heavy-tailed weights of "
-                  "survived benign draws (about 1/eps each) and can need more tests than NADE (docs/evaluation.md "
-                  "2.1); still unbiased, but prefer scv-martingale here")
-
 
 def method_entry(result: EstimateResult, *, tests: int, training_tests: int = 0, target: float = 0.3,
                  bootstrap_resamples: int = 200, seed: int = 0, curve_points: int = 200) -> dict[str, Any]:
@@ -45,15 +37,10 @@ def method_entry(result: EstimateResult, *, tests: int, training_tests: int = 0,
     entry["tests_needed"] = (float(tests_needed(result, target=target)) if result.rhw is not None else None)
     entry["tests_needed_is_extrapolated"] = True
     entry["tests_to_target"] = tests_to_rhw(values, target=target, confidence=result.confidence)
-    if result.method == "scv-stratified":
-        z = result.details.get("stratum_mean_max_abs_z")
-        measured = (f"measured here: E[Z - 1 | K = k] != 0 (max |z| = {z:.1f}), so this estimate is biased"
-                    if result.details.get("stratum_means_nonzero") else
-                    f"no sign of it in these tests (max |z| = {z:.1f})")
-        entry["caveat"] = f"{STRATIFIED_CAVEAT}; {measured}"
-        entry["biased_by_own_check"] = bool(result.details.get("stratum_means_nonzero"))
-    if result.method == "scv-learned" and result.details.get("epsilon_min", 1.0) < LEARNED_MIN_EPSILON:
-        entry["caveat"] = f"{LEARNED_CAVEAT} (min eps = {result.details['epsilon_min']:g})"
+    if result.details.get("caveat"):  # the estimator's own warning (scv_estimate writes them)
+        entry["caveat"] = result.details["caveat"]
+    if "stratum_means_nonzero" in result.details:
+        entry["biased_by_own_check"] = bool(result.details["stratum_means_nonzero"])
     if result.n_crashes > 0 and bootstrap_resamples > 0:
         boot = bootstrap_tests_to_rhw(values, target=target, resamples=bootstrap_resamples, seed=seed,
                                       confidence=result.confidence)

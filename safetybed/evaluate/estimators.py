@@ -175,10 +175,22 @@ class _Batch:
         # Defensive mixture (Owen 2013; Feng et al. 2021, cav_eval.md §1 item 4): q = (1 - eps) q~ + eps p.
         return (1.0 - self.epsilon) * self.q_tilde + self.epsilon * self.p
 
+    def step_log_ratios(self) -> np.ndarray:
+        """``log(p / q)`` of every step, flat."""
+        return np.log(self.p) - np.log(self.q)
+
     def log_weights(self) -> np.ndarray:
         # (E2) in logs: a product of many small ratios underflows long before its log does.
-        log_ratio = np.log(self.p) - np.log(self.q)
-        return np.bincount(self.record_of_step, weights=log_ratio, minlength=self.n)
+        return np.bincount(self.record_of_step, weights=self.step_log_ratios(), minlength=self.n)
+
+    def log_weights_before(self) -> np.ndarray:
+        """``log W_{<j}`` of every step: the log ratios of the same record's earlier steps (0 at its first step)."""
+        log_ratio = self.step_log_ratios()
+        before = np.cumsum(log_ratio) - log_ratio  # running sum over all records, up to but excluding the step
+        first = self.step_index == 0
+        record_start = np.zeros(self.n)
+        record_start[self.record_of_step[first]] = before[first]
+        return before - record_start[self.record_of_step]
 
     def outcomes(self) -> np.ndarray:
         """``Y_i = 1{crash_i} * W_i`` (E2)."""
@@ -448,6 +460,14 @@ def _martingale_features(ratios: np.ndarray, subsets: list[tuple[int, ...]]) -> 
 
 #: |z| above which a stratum-conditional feature mean counts as non-zero in :func:`_stratum_mean_check`.
 STRATUM_CHECK_Z = 4.0
+#: ``details["caveat"]`` of the stratified variant, completed by what its own check measured.
+STRATIFIED_CAVEAT = ("biased when the number of critical steps depends on earlier maneuvers (E[r | K] != 1; "
+                     "research/cav_eval.md 2.3); use scv-martingale")
+#: Below this defensive weight the learned feature is heavy-tailed (measured 0.58x NADE at eps = 0.1).
+LEARNED_MIN_EPSILON = 0.5
+LEARNED_CAVEAT = ("less efficient at a defensive weight eps < 0.5: its feature carries the heavy-tailed weights of "
+                  "survived benign draws (about 1/eps each) and can need more tests than NADE (docs/evaluation.md "
+                  "2.1); still unbiased, but prefer scv-martingale here")
 #: Relative spread below which a stratum's feature column counts as constant (rounding noise, not data).
 _CONSTANT_RTOL = 1e-9
 
@@ -504,7 +524,7 @@ def _learned_designs(records: list[Any], batch: _Batch, design: np.ndarray, odd:
     except CovariateError as error:
         raise EstimatorInputError(str(error)) from None
     ratios = batch.step_ratios()
-    log_ratio = np.log(batch.p) - np.log(batch.q)
+    weight_before = np.exp(batch.log_weights_before())
     adversarial = batch.q_tilde > batch.p  # the importance component favoured the drawn maneuver (r > 1)
     designs, fits = {}, []
     for seed, (fold, fit_on) in enumerate((("odd", odd), ("even", ~odd))):
@@ -518,7 +538,7 @@ def _learned_designs(records: list[Any], batch: _Batch, design: np.ndarray, odd:
                               "second")
         else:
             g = fit_crash_model(states[train], labels, seed=seed)(states)
-            psi = learned_feature(record_of_step=batch.record_of_step, n=batch.n, log_ratio=log_ratio,
+            psi = learned_feature(record_of_step=batch.record_of_step, n=batch.n, weight_before=weight_before,
                                   ratios=ratios, criticality=criticality, g=g)
             scale = float(psi[fit_on].std())
             fit["scale"] = scale
@@ -682,17 +702,22 @@ def scv_estimate(
     residual_variance = float(adjusted.var(ddof=ddof))
     extra: dict[str, Any] = {}
     if variant == "learned":
-        extra = {"learned_fits": learned_fits,
-                 "epsilon_min": float(batch.epsilon.min()) if batch.epsilon.size else None}
+        epsilon_min = float(batch.epsilon.min()) if batch.epsilon.size else None
+        extra = {"learned_fits": learned_fits, "epsilon_min": epsilon_min}
+        if epsilon_min is not None and epsilon_min < LEARNED_MIN_EPSILON:
+            extra["caveat"] = f"{LEARNED_CAVEAT} (min eps = {epsilon_min:g})"
     if variant == "stratified":
         # Only strata that were adjusted can bias the estimate; the others keep Y~ = Y.
         fitted_strata = {f["k"] for f in fits if f["beta"] is not None}
         for c in check:
             c["adjusted"] = c["k"] in fitted_strata
         relevant = [abs(c["z"]) for c in check if c["adjusted"] and not c["constant"]]
-        extra = {"stratum_mean_check": check,
-                 "stratum_mean_max_abs_z": max((z for z in relevant if math.isfinite(z)), default=0.0),
-                 "stratum_means_nonzero": any(z > STRATUM_CHECK_Z for z in relevant)}
+        max_z = max((z for z in relevant if math.isfinite(z)), default=0.0)
+        nonzero = any(z > STRATUM_CHECK_Z for z in relevant)
+        measured = (f"measured here: E[Z - 1 | K = k] != 0 (max |z| = {max_z:.1f}), so this estimate is biased"
+                    if nonzero else f"no sign of it in these tests (max |z| = {max_z:.1f})")
+        extra = {"stratum_mean_check": check, "stratum_mean_max_abs_z": max_z, "stratum_means_nonzero": nonzero,
+                 "caveat": f"{STRATIFIED_CAVEAT}; {measured}"}
     return _summarise(
         f"scv-{variant}", adjusted, n_crashes, confidence, ddof=ddof, clip_at_zero=False,
         details={

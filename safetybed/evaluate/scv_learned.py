@@ -125,14 +125,7 @@ def fit_crash_model(states: np.ndarray, crashed: np.ndarray, *, seed: int = 0) -
     return predict
 
 
-def learned_feature(*, record_of_step: np.ndarray, n: int, log_ratio: np.ndarray, ratios: np.ndarray,
+def learned_feature(*, record_of_step: np.ndarray, n: int, weight_before: np.ndarray, ratios: np.ndarray,
                     criticality: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """(E8) per test: ``sum_j W_{<j} C_j g(s_j) (r_j - 1)``, with ``W_{<j}`` from the steps before ``j``."""
-    if log_ratio.size == 0:
-        return np.zeros(n)
-    for_record = np.concatenate(([0], np.flatnonzero(np.diff(record_of_step)) + 1))  # first step of each record
-    running = np.cumsum(log_ratio)
-    start_total = running[for_record] - log_ratio[for_record]  # running sum just before each record's first step
-    owner = np.searchsorted(for_record, np.arange(log_ratio.size), side="right") - 1
-    cumulative = running - log_ratio - start_total[owner]  # log W_{<j}
-    return np.bincount(record_of_step, weights=np.exp(cumulative) * criticality * g * (ratios - 1.0), minlength=n)
+    """(E8) per test: ``sum_j W_{<j} C_j g(s_j) (r_j - 1)``; all step arrays flat, ``weight_before`` is ``W_{<j}``."""
+    return np.bincount(record_of_step, weights=weight_before * criticality * g * (ratios - 1.0), minlength=n)
