@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from safetybed.errors import InputError
+from safetybed.errors import IncompleteRunError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="safetybed: safety and robustness testbed for learned controllers.")
@@ -43,6 +43,10 @@ out = Console() if sys.stdout.isatty() else Console(width=160)
 err = Console(stderr=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+AllowPartialFlag = Annotated[bool, typer.Option(
+    "--allow-partial", help="Compute from a run that lacks planned episodes (failed or lost) instead of refusing; "
+                            "the result names the missing ones and is valid only if they are missing for reasons "
+                            "unrelated to their outcome.")]
 StoreOption = Annotated[Path | None, typer.Option("--store", help="SQLite run store (default: runs/safetybed.sqlite).")]
 
 
@@ -92,6 +96,18 @@ def print_summary(summary, *, store: Path) -> None:
     table.add_row("min gap", f"{_fmt(summary.min_gap_m)} m")
     table.add_row("mean progress", f"{_fmt(summary.mean_progress_m)} m")
     table.add_row("constraint violations", str(summary.total_violations))
+    completeness = summary.completeness or {}
+    if completeness and not completeness["complete"]:
+        from safetybed.runner.store import format_indices
+
+        for key, label in (("missing_indices", "missing episodes"), ("duplicated_indices", "stored twice"),
+                           ("unexpected_indices", "outside the plan")):
+            if completeness[key]:
+                table.add_row(f"[red]{label}[/red]", f"{len(completeness[key])}: index "
+                                                     f"{format_indices(completeness[key])}")
+        for failure in completeness["failures"]:
+            table.add_row(f"[red]episode {failure['index']} {failure['kind']}[/red]", failure["error"])
+        table.add_row("resume with", f"safetybed run ... --resume {summary.run_id}")
     table.add_row("store", str(store))
     out.print(table)
 
@@ -161,20 +177,26 @@ def run(
 
     spec, path = load_scenario_arg(scenario)
     store_path = _store_path(store)
+    incomplete: IncompleteRunError | None = None
     with RunStore(store_path) as run_store, progress_bar(spec.name, enabled=not as_json) as progress:
-        if resume:
-            run_id = resume_run(resume, store=run_store, workers=workers, executor=executor, scenario=spec,
-                                controller=controller, episodes=episodes, seed=seed, progress=progress)
-        else:
-            run_id = start_run(spec, scenario_path=path, controller=controller, episodes=episodes, seed=seed,
-                               workers=workers, executor=executor, store=run_store, progress=progress,
-                               on_created=None if as_json else
-                               (lambda rid: err.print(f"run id {rid} (resume with --resume {rid})")))
+        try:
+            if resume:
+                run_id = resume_run(resume, store=run_store, workers=workers, executor=executor, scenario=spec,
+                                    controller=controller, episodes=episodes, seed=seed, progress=progress)
+            else:
+                run_id = start_run(spec, scenario_path=path, controller=controller, episodes=episodes, seed=seed,
+                                   workers=workers, executor=executor, store=run_store, progress=progress,
+                                   on_created=None if as_json else
+                                   (lambda rid: err.print(f"run id {rid} (resume with --resume {rid})")))
+        except IncompleteRunError as error:  # show what was stored, then fail with the error's one message
+            incomplete, run_id = error, error.run_id
         summary = run_summary(run_store, run_id)
     if as_json:
         print(json.dumps({"store": str(store_path), **summary.to_json_dict()}, indent=2))
     else:
         print_summary(summary, store=store_path)
+    if incomplete is not None:
+        raise incomplete
 
 
 # -- runs -----------------------------------------------------------------------------------------------------
@@ -301,13 +323,14 @@ def certify_command(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for certificate.json and report.html.")] = None,
     store: StoreOption = None,
     workers: Annotated[int, typer.Option("--workers", min=1)] = 1,
+    allow_partial: AllowPartialFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Certify a smoothed controller (policy smoothing): certificate.json + report.html."""
     from safetybed.certify.pipeline import certify_from_spec
 
     certificate = certify_from_spec(cert_spec, episodes=episodes, attack_episodes=attack_episodes, out_dir=out_dir,
-                                    store_path=store, workers=workers,
+                                    store_path=store, workers=workers, allow_partial=allow_partial,
                                     progress=(lambda name: progress_bar(name, enabled=not as_json)))
     if as_json:
         print(json.dumps(certificate, indent=2, default=str))
@@ -406,7 +429,10 @@ def evaluate_command(
     tests: Annotated[int | None, typer.Option("--tests", min=2, help="Tests per method (default per method).")] = None,
     until_rhw: Annotated[float | None, typer.Option("--until-rhw", help="Add tests until the RHW is below this.")]
     = None,
-    max_tests: Annotated[int | None, typer.Option("--max-tests", min=2, help="Cap for --until-rhw.")] = None,
+    max_tests: Annotated[int | None, typer.Option("--max-tests", min=2, help="Most tests per method, with or "
+                                                                         "without --until-rhw (lowers the default "
+                                                                         "count; stops --until-rhw's growth).")]
+    = None,
     coverage: Annotated[int, typer.Option("--coverage", min=0, help="Testbed only: repetitions of a coverage "
                                                                     "study (0: none).")] = 0,
     seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
@@ -415,6 +441,7 @@ def evaluate_command(
     store: StoreOption = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for evaluation.json and report.html.")]
     = None,
+    allow_partial: AllowPartialFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Estimate the crash rate per test with statistically efficient testing; report RHW and tests needed."""
@@ -432,7 +459,7 @@ def evaluate_command(
             document = evaluate_highway(scenario, controller=controller, methods=methods, tests=tests, seed=seed,
                                         confidence=confidence, until_rhw=until_rhw, max_tests=max_tests,
                                         workers=workers, store_path=_store_path(store), out_dir=out_dir,
-                                        progress=progress)
+                                        allow_partial=allow_partial, progress=progress)
     if as_json:
         print(json.dumps(document, indent=2, default=str))
         return
@@ -510,5 +537,8 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as error:
         err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except IncompleteRunError as error:
+        err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 

@@ -29,3 +29,19 @@ class SpecError(InputError):
         self.reason = reason
         where = f"{self.file}: {field}" if field else self.file
         super().__init__(f"{where}: {reason}")
+
+
+class IncompleteRunError(Exception):
+    """A run ended without every planned episode stored exactly once. Exit code 1, one message.
+
+    Args:
+        run_id: the run, left with status ``partial``.
+        problem: what is missing, duplicated or failed (``Completeness.describe()``).
+    """
+
+    def __init__(self, run_id: str, problem: str):
+        self.run_id = run_id
+        self.problem = problem
+        super().__init__(f"run {run_id} is not complete: {problem}. Its status is 'partial'; run the missing "
+                         f"episodes with the same command plus --resume {run_id} (safetybed runs show {run_id} "
+                         "lists them)")

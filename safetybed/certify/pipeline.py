@@ -49,9 +49,9 @@ from safetybed import __version__
 from safetybed.certify import estimators
 from safetybed.certify.smoothing import frame_stack_of, smoothed_scenario
 from safetybed.control.checkpoint import Checkpoint, load_checkpoint, sha256_file
-from safetybed.errors import InputError, SpecError
+from safetybed.errors import IncompleteRunError, InputError, SpecError
 from safetybed.runner import RunStore, resume_run, start_run
-from safetybed.runner.batch import scenario_digest
+from safetybed.runner.batch import scenario_digest, stored_episodes
 from safetybed.spec import ScenarioSpec
 from safetybed.spec.certify import AttackSpec, LoadedCertifySpec, load_certify_spec
 
@@ -242,24 +242,32 @@ def _matching_run(store: RunStore, *, scenario: ScenarioSpec, controller: str, s
 
 
 def run_clean_episodes(cert: Certification, *, store: RunStore, episodes: int, workers: int, executor: str = "local",
-                       progress: ProgressCallback | None = None) -> tuple[str, str]:
+                       progress: ProgressCallback | None = None, allow_partial: bool = False) -> tuple[str, str]:
     """Play (or reuse, or finish) the run of clean smoothed episodes; returns ``(run_id, how)``.
 
     ``how`` is ``"new"``, ``"resumed"`` or ``"reused"``. A run is reused only if it has the same smoothed
     scenario, controller reference, seed and episode count and was played with the same weights (sha256).
+    A run that ends incomplete raises :class:`IncompleteRunError` unless ``allow_partial``.
     """
     weights_sha256 = cert.checkpoint.weights_sha256
     existing = _matching_run(store, scenario=cert.run_scenario, controller=cert.controller_ref,
                              seed=cert.spec.seed, episodes=episodes, weights_sha256=weights_sha256)
-    if existing is not None:
-        if len(store.done_indices(existing)) == episodes:
-            if progress:
-                progress(episodes, episodes)
-            return existing, "reused"
-        return resume_run(existing, store=store, workers=workers, executor=executor, progress=progress), "resumed"
-    run_id = start_run(cert.run_scenario, scenario_path=cert.scenario_path, controller=cert.controller_ref,
-                       episodes=episodes, seed=cert.spec.seed, workers=workers, executor=executor, store=store,
-                       progress=progress, on_created=lambda created: _record_provenance(store, created, weights_sha256))
+    try:
+        if existing is not None:
+            if store.completeness(existing).complete:
+                if progress:
+                    progress(episodes, episodes)
+                return existing, "reused"
+            return resume_run(existing, store=store, workers=workers, executor=executor,
+                              progress=progress), "resumed"
+        run_id = start_run(cert.run_scenario, scenario_path=cert.scenario_path, controller=cert.controller_ref,
+                           episodes=episodes, seed=cert.spec.seed, workers=workers, executor=executor, store=store,
+                           progress=progress,
+                           on_created=lambda created: _record_provenance(store, created, weights_sha256))
+    except IncompleteRunError as error:
+        if not allow_partial:
+            raise
+        return error.run_id, "partial"
     return run_id, "new"
 
 
@@ -465,7 +473,8 @@ def certificate_digest(certificate: dict[str, Any]) -> str:
 # -- the command ------------------------------------------------------------------------------------------
 def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_episodes: int | None = None,
                       out_dir: str | Path | None = None, store_path: str | Path | None = None, workers: int = 1,
-                      executor: str = "local", progress: ProgressFactory | None = None) -> dict[str, Any]:
+                      executor: str = "local", progress: ProgressFactory | None = None,
+                      allow_partial: bool = False) -> dict[str, Any]:
     """Run a certification spec end to end; writes ``certificate.json`` and ``report.html`` into ``out_dir``.
 
     Args:
@@ -478,12 +487,16 @@ def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_e
         workers / executor: how the runner plays the clean episodes (results do not depend on them).
         progress: ``progress(description)`` returns a context manager yielding a ``(done, total)`` callback
             or ``None`` (the CLI's ``progress_bar``).
+        allow_partial: certify from an incomplete run of clean episodes (some failed or were lost) instead of
+            refusing; the certificate then names the missing indices under ``samples.completeness`` and is
+            valid only if those episodes are missing for reasons unrelated to their outcome.
 
     Returns:
         The certificate (the content of ``certificate.json``) with ``files`` naming what was written.
 
     Raises:
         SpecError / InputError: a bad spec, reference, flag or store (exit code 2).
+        IncompleteRunError: the clean run lacks planned episodes and ``allow_partial`` is false (exit code 1).
     """
     from safetybed.report.certificate import published_reference, write_report
     from safetybed.runner import DEFAULT_STORE
@@ -504,8 +517,9 @@ def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_e
     with RunStore(store_file) as store:
         with progress(f"certify {spec.name}: clean smoothed episodes") as callback:
             run_id, how = run_clean_episodes(cert, store=store, episodes=n_planned, workers=workers,
-                                             executor=executor, progress=callback)
-        records = store.episodes(run_id)
+                                             executor=executor, progress=callback, allow_partial=allow_partial)
+        records = stored_episodes(store, run_id, allow_partial=allow_partial)
+        completeness = store.completeness(run_id)
     outcomes = _outcomes(records)
     budgets = [float(b) for b in spec.budgets]
     results = {budget: certified_bound(cert, outcomes, budget) for budget in budgets}
@@ -554,7 +568,7 @@ def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_e
                          cert.run_scenario.model_dump_json().encode()).hexdigest()},
         "samples": {"episodes": len(records), "planned": n_planned, "spec_episodes": spec.episodes,
                     "run_id": run_id, "run": how, "run_seed": spec.seed, "store": str(store_file),
-                    "workers": workers, "executor": executor},
+                    "workers": workers, "executor": executor, "completeness": completeness.to_json_dict()},
         "clean": {"estimate": clean["estimate"], "sem": clean["sem"], "mean_return": float(outcomes["returns"].mean()),
                   "return_std": float(outcomes["returns"].std(ddof=1)),
                   "return_min": float(outcomes["returns"].min()), "return_max": float(outcomes["returns"].max()),
@@ -570,6 +584,10 @@ def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_e
                                          cert.scenario.episode_steps),
         "versions": package_versions(cert.scenario.simulator),
     }
+    if not completeness.complete:  # only with allow_partial: say so where a reader of the certificate looks
+        certificate["caveat"] = (f"computed from an incomplete run (--allow-partial): {completeness.describe()}; "
+                                 "the bound holds only if these episodes are missing for reasons unrelated to "
+                                 "their outcome")
     certificate = _json_safe(certificate)
     certificate["certificate_id"] = certificate_digest(certificate)[:16]
     certificate["wall_time_s"] = time.perf_counter() - started

@@ -322,15 +322,16 @@ def reconciled_mixture(q: float, epsilon: float, p_actual: float) -> tuple[float
     return 1.0, (1.0 - q) / (1.0 - p_actual)
 
 
-def records_from_run(store_path: str | Path, run_id: str) -> list[TestRecord]:
+def records_from_run(store_path: str | Path, run_id: str, *, allow_partial: bool = False) -> list[TestRecord]:
     """The tests of a stored run as :class:`TestRecord` s, in episode order.
 
     ``crashed`` is the episode's collision flag; ``p``, ``q_tilde``, ``epsilon`` come from its decision-log
     entries with ``"critical": true`` (written by :class:`HighwayTester`), in the order they were taken. A run
     without a tester (NDE) gives records with empty sequences. Raises
-    :class:`~safetybed.errors.InputError` if the store or the run does not exist.
+    :class:`~safetybed.errors.InputError` if the store or the run does not exist, and
+    :class:`~safetybed.errors.IncompleteRunError` if the run lacks planned tests (unless ``allow_partial``).
     """
-    return records_from_logs(critical_logs_from_run(store_path, run_id))
+    return records_from_logs(critical_logs_from_run(store_path, run_id, allow_partial=allow_partial))
 
 
 #: The :data:`FEATURE_NAMES` that make a record's ``state`` (the kinematic ones, known before the draw).
@@ -355,13 +356,18 @@ def records_from_logs(logs: list[tuple[bool, list[dict[str, Any]]]]) -> list[Tes
     return records
 
 
-def critical_logs_from_run(store_path: str | Path, run_id: str) -> list[tuple[bool, list[dict[str, Any]]]]:
-    """Per test of a stored run: ``(crashed, critical-step log entries)`` in episode order (for D2RL / AdaTE)."""
+def critical_logs_from_run(store_path: str | Path, run_id: str, *,
+                           allow_partial: bool = False) -> list[tuple[bool, list[dict[str, Any]]]]:
+    """Per test of a stored run: ``(crashed, critical-step log entries)`` in episode order (for D2RL / AdaTE).
+
+    A run without every planned test stored is refused unless ``allow_partial``.
+    """
+    from safetybed.runner.batch import stored_episodes
     from safetybed.runner.store import RunStore
 
     with RunStore(store_path, create=False) as store:
         store.get_run(run_id)
-        episodes = store.episodes(run_id, with_logs=True)
+        episodes = stored_episodes(store, run_id, with_logs=True, allow_partial=allow_partial)
     return [(bool(e.collision), [d for d in (e.decisions or []) if d.get("critical")]) for e in episodes]
 
 

@@ -56,6 +56,18 @@ def is_testbed(scenario: str) -> bool:
     return scenario.startswith(TESTBED_PREFIX)
 
 
+def first_test_count(method: str, *, tests: int | None, max_tests: int | None, defaults: dict[str, int]) -> int:
+    """Tests of a method's first (or only) batch: ``--tests`` or the method's default, never above ``--max-tests``.
+
+    ``--max-tests`` caps the tests of every method in both modes: without ``--until-rhw`` it lowers the default
+    count; with it, it also stops the growth.
+    """
+    if tests is not None and max_tests is not None and tests > max_tests:
+        raise InputError(f"--tests {tests} exceeds --max-tests {max_tests}; lower one of them")
+    count = tests if tests is not None else defaults[method]
+    return count if max_tests is None else min(count, max_tests)
+
+
 def evaluate_testbed(scenario: str, *, controller: str, methods: list[str], tests: int | None = None,
                      seed: int = 0, confidence: float = 0.9, until_rhw: float | None = None,
                      max_tests: int | None = None, coverage: int = 0, target_rhw: float = 0.3,
@@ -77,7 +89,7 @@ def evaluate_testbed(scenario: str, *, controller: str, methods: list[str], test
     exact = tables.exact_crash_probability
     entries = []
     for index, method in enumerate(methods):
-        n = tests if tests is not None else TESTBED_DEFAULT_TESTS[method]
+        n = first_test_count(method, tests=tests, max_tests=max_tests, defaults=TESTBED_DEFAULT_TESTS)
         cap = max_tests if max_tests is not None else 50 * n
         method_seed = method_seed_for(seed, method)
         while True:
@@ -139,16 +151,19 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
                      seed: int = 0, confidence: float = 0.9, until_rhw: float | None = None,
                      max_tests: int | None = None, workers: int = 1, store_path: Path, out_dir: Path | None = None,
                      target_rhw: float = 0.3, bootstrap_resamples: int = 200, d2rl_iterations: int = 60,
-                     adate_batches: int = 4, progress=None) -> dict[str, Any]:
+                     adate_batches: int = 4, allow_partial: bool = False, progress=None) -> dict[str, Any]:
     """Evaluate ``methods`` on a highway scenario through the batch runner (every test stored in the run store).
 
     The scenario's ``[testing]`` section (or the defaults) gives NADE's settings; each method runs a derived
     scenario whose ``testing.method`` is set accordingly (``crude``: NDE, no tester). ``scv`` post-processes the
     NADE tests of this call (NADE runs once when both are asked for). D2RL trains on the crash tests of the NADE
     run (or of its own NADE behaviour run), AdaTE runs ``adate_batches`` batches; their proposal files are written
-    to ``out_dir``.
+    to ``out_dir``. A run that ends without all its planned tests stored raises
+    :class:`~safetybed.errors.IncompleteRunError` unless ``allow_partial`` (the document then lists the
+    incomplete runs under ``partial_runs``).
     """
     from safetybed.catalogue import load_scenario_arg
+    from safetybed.errors import IncompleteRunError
     from safetybed.evaluate.estimators import crude_estimate, nade_estimate, scv_estimate
     from safetybed.evaluate.highway import SUPPORTED_TASKS, critical_logs_from_run, records_from_logs
     from safetybed.evaluate.methods import SCV_VARIANTS
@@ -167,12 +182,13 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
     folder = Path(out_dir) if out_dir is not None else Path("evaluations") / f"{spec.name.replace('/', '_')}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     run_ids: dict[str, list[str]] = {}
+    partial_runs: list[dict[str, Any]] = []
     read: dict[str, list[tuple[bool, list[dict[str, Any]]]]] = {}
 
     def logs_of(run_id: str) -> list[tuple[bool, list[dict[str, Any]]]]:
         """Per test ``(crashed, critical steps)`` of a finished run, read from the store once."""
         if run_id not in read:
-            read[run_id] = critical_logs_from_run(store_path, run_id)
+            read[run_id] = critical_logs_from_run(store_path, run_id, allow_partial=allow_partial)
         return read[run_id]
 
     def records_of(*run_ids_: str):
@@ -187,13 +203,20 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
 
     def run(method: str, n: int, run_seed: int, *, label: str, proposal_file: Path | None = None) -> str:
         with RunStore(store_path) as store:
-            run_id = start_run(derived(method, proposal_file), scenario_path=path, controller=controller,
-                               episodes=n, seed=run_seed, workers=workers, executor="local", store=store)
+            try:
+                run_id = start_run(derived(method, proposal_file), scenario_path=path, controller=controller,
+                                   episodes=n, seed=run_seed, workers=workers, executor="local", store=store)
+            except IncompleteRunError as error:
+                if not allow_partial:
+                    raise
+                run_id = error.run_id
+                partial_runs.append({"label": label, **store.completeness(run_id).to_json_dict(),
+                                     "run_id": run_id})
         run_ids.setdefault(label, []).append(run_id)
         return run_id
 
     def count(method: str) -> int:
-        return tests if tests is not None else HIGHWAY_DEFAULT_TESTS[method]
+        return first_test_count(method, tests=tests, max_tests=max_tests, defaults=HIGHWAY_DEFAULT_TESTS)
 
     def until(method: str, estimate_fn, run_fn) -> tuple[Any, int]:
         """Run chunks (each its own seeded run) until the RHW target or the cap is reached."""
@@ -261,6 +284,8 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
         "store": str(store_path), "testing": base.model_dump(), "package_version": __version__,
         "wall_time_s": time.perf_counter() - started,
     }
+    if partial_runs:
+        document["partial_runs"] = partial_runs
     document["files"] = _write(document, folder)
     return document
 

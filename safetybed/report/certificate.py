@@ -187,6 +187,8 @@ def render_certificate_html(certificate: dict[str, Any]) -> str:
              f"<code>{escape(certificate['controller']['weights_sha256'])}</code>; run "
              f"<code>{escape(samples['run_id'])}</code> in <code>{escape(samples['store'])}</code></p>",
              f"<p class=\"guarantee\">{escape(certificate['guarantee'])}</p>"]
+    if certificate.get("caveat"):
+        parts.append(f"<p class=\"fail\">Caveat: {escape(certificate['caveat'])}</p>")
     if certificate.get("description"):
         parts.append(f"<p>{escape(certificate['description'])}</p>")
 

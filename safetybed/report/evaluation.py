@@ -72,6 +72,10 @@ def render_evaluation_html(document: dict[str, Any]) -> str:
     plot = f'<img alt="RHW vs tests" src="{_rhw_plot(document)}">'
     caveats = "".join(f"<p class='fail'>{escape(entry['method'])}: {escape(entry['caveat'])}</p>"
                       for entry in document["methods"] if entry.get("caveat"))
+    caveats += "".join(f"<p class='fail'>incomplete run {escape(run['run_id'])} ({escape(run['label'])}, "
+                       f"--allow-partial): {run['stored']} of {run['planned']} tests stored; missing index "
+                       f"{escape(', '.join(map(str, run['missing_indices'][:20])))}</p>"
+                       for run in document.get("partial_runs", []))
     title = f"Crash-rate evaluation: {document.get('scenario', '')}"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"

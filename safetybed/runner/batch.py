@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from safetybed.errors import InputError
+from safetybed.errors import IncompleteRunError, InputError
 from safetybed.runner.episode import EpisodeRecord, EpisodeTask
-from safetybed.runner.executors import check_executor, execute
+from safetybed.runner.executors import EpisodeFailure, check_executor, execute
 from safetybed.runner.seeding import MAX_RUN_SEED
-from safetybed.runner.store import RunStore
+from safetybed.runner.store import Completeness, RunStore
 from safetybed.spec import ScenarioSpec
 
 ProgressCallback = Callable[[int, int], None]
@@ -53,6 +52,7 @@ class RunSummary:
     total_violations: int
     confidence: float
     status: str
+    completeness: dict
 
     def to_json_dict(self) -> dict:
         def clean(value):
@@ -66,13 +66,14 @@ class RunSummary:
 
 
 def summarize(run_id: str, records: list[EpisodeRecord], *, scenario: str, controller: str, planned: int,
-              status: str, confidence: float = 0.95) -> RunSummary:
+              status: str, confidence: float = 0.95, completeness: Completeness | None = None) -> RunSummary:
     """Mean return with a Student-t interval; collision and success rates with Clopper-Pearson intervals."""
     n = len(records)
+    completeness_json = completeness.to_json_dict() if completeness is not None else {}
     if n == 0:
         nan = Interval(math.nan, math.nan)
         return RunSummary(run_id, scenario, controller, 0, planned, math.nan, nan, math.nan, nan, math.nan, nan,
-                          math.inf, math.inf, math.nan, 0, confidence, status)
+                          math.inf, math.inf, math.nan, 0, confidence, status, completeness_json)
     returns = np.array([r.episode_return for r in records])
     mean = float(returns.mean())
     if n > 1 and returns.std(ddof=1) > 0:
@@ -90,7 +91,8 @@ def summarize(run_id: str, records: list[EpisodeRecord], *, scenario: str, contr
         success_rate=successes / n, success_ci=Interval(success_ci.low, success_ci.high),
         min_ttc_s=min(r.min_ttc_s for r in records), min_gap_m=min(r.min_gap_m for r in records),
         mean_progress_m=float(np.mean([r.progress_m for r in records])),
-        total_violations=int(sum(r.violations for r in records)), confidence=confidence, status=status)
+        total_violations=int(sum(r.violations for r in records)), confidence=confidence, status=status,
+        completeness=completeness_json)
 
 
 def _execute_missing(store: RunStore, run_id: str, *, scenario_json: str, controller: str, seed: int,
@@ -101,12 +103,43 @@ def _execute_missing(store: RunStore, run_id: str, *, scenario_json: str, contro
     finished = len(done)
     if progress:
         progress(finished, episodes)
-    for record in execute(tasks, executor=executor, workers=workers):
-        store.add_episode(run_id, record)
+    if tasks:
+        store.mark_status(run_id, "running")
+    for outcome in execute(tasks, executor=executor, workers=workers):
+        if isinstance(outcome, EpisodeFailure):
+            store.add_failure(run_id, outcome)
+        else:
+            store.add_episode(run_id, outcome)
         finished += 1
         if progress:
             progress(finished, episodes)
-    store.mark_status(run_id, "complete")
+    finalize_run(store, run_id)
+
+
+def finalize_run(store: RunStore, run_id: str) -> Completeness:
+    """The completeness invariant, whatever the executor: ``complete`` only with every planned index stored once.
+
+    Otherwise the run is marked ``partial`` and :class:`IncompleteRunError` names what is missing and how to
+    resume.
+    """
+    completeness = store.completeness(run_id)
+    store.mark_status(run_id, "complete" if completeness.complete else "partial")
+    if not completeness.complete:
+        raise IncompleteRunError(run_id, completeness.describe())
+    return completeness
+
+
+def stored_episodes(store: RunStore, run_id: str, *, with_logs: bool = False,
+                    allow_partial: bool = False) -> list[EpisodeRecord]:
+    """The episodes of a run for an estimate: refused (:class:`IncompleteRunError`) unless the run is complete.
+
+    ``allow_partial=True`` returns whatever is stored; the caller must then say so in its result.
+    """
+    completeness = store.completeness(run_id)
+    if not completeness.complete and not allow_partial:
+        raise IncompleteRunError(run_id, completeness.describe() + " (an estimate from it would use a sample "
+                                 "other than the one planned; pass --allow-partial to compute from it anyway)")
+    return store.episodes(run_id, with_logs=with_logs)
 
 
 def check_controller_usable(scenario: ScenarioSpec, controller: str) -> None:
@@ -172,8 +205,5 @@ def resume_run(run_id: str, *, store: RunStore, workers: int, executor: str,
 def run_summary(store: RunStore, run_id: str, *, confidence: float = 0.95) -> RunSummary:
     info = store.get_run(run_id)
     return summarize(run_id, store.episodes(run_id), scenario=info.scenario_name, controller=info.controller,
-                     planned=info.episodes, status=info.status, confidence=confidence)
-
-
-def summary_json(summary: RunSummary) -> str:
-    return json.dumps(summary.to_json_dict(), indent=2)
+                     planned=info.episodes, status=info.status, confidence=confidence,
+                     completeness=store.completeness(run_id))

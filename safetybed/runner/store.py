@@ -10,6 +10,12 @@ the missing ones. Tables::
              min_ttc_s, min_gap_m, progress_m, violations, wall_time_s)        PK (run_id, idx)
     steps(run_id, idx, t, data JSON)                                         PK (run_id, idx, t)
     decisions(run_id, idx, k, data JSON)                                     PK (run_id, idx, k)
+    failures(run_id, idx, kind, error, detail, submissions)                  PK (run_id, idx)
+
+A run's ``status`` is ``running`` while episodes execute, ``complete`` only when :meth:`RunStore.completeness`
+finds every planned index ``0..episodes-1`` stored exactly once, and ``partial`` otherwise (some episodes
+failed or were lost; ``failures`` says which and why, and ``--resume`` runs them again). A run whose process
+was killed stays ``running`` until it is resumed.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import json
 import math
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +33,7 @@ from typing import Any
 from safetybed import __version__
 from safetybed.errors import InputError
 from safetybed.runner.episode import EpisodeRecord
+from safetybed.runner.executors import EpisodeFailure
 
 DEFAULT_STORE = Path("runs") / "safetybed.sqlite"
 
@@ -71,7 +78,14 @@ CREATE TABLE IF NOT EXISTS decisions (
     run_id TEXT NOT NULL, idx INTEGER NOT NULL, k INTEGER NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (run_id, idx, k)
 );
+CREATE TABLE IF NOT EXISTS failures (
+    run_id TEXT NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, error TEXT NOT NULL, detail TEXT NOT NULL,
+    submissions INTEGER NOT NULL,
+    PRIMARY KEY (run_id, idx)
+);
 """
+
+RUN_STATUSES = ("running", "partial", "complete")
 
 EPISODE_COLUMNS = ("idx", "seed", "episode_return", "length", "collision", "success", "terminated", "truncated",
                    "min_ttc_s", "min_gap_m", "progress_m", "violations", "wall_time_s")
@@ -92,6 +106,64 @@ class RunInfo:
     package_version: str
     status: str
     finished_utc: str | None
+
+
+def format_indices(indices: Iterable[int], *, limit: int = 20) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``; past ``limit`` ranges the rest is counted, not listed."""
+    ranges: list[list[int]] = []
+    for index in sorted(indices):
+        if ranges and index == ranges[-1][1] + 1:
+            ranges[-1][1] = index
+        else:
+            ranges.append([index, index])
+    parts = [str(low) if low == high else f"{low}-{high}" for low, high in ranges[:limit]]
+    if len(ranges) > limit:
+        parts.append(f"... ({len(ranges) - limit} more ranges)")
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """Which of a run's planned episode indices the store holds, and how often (the runner's invariant)."""
+
+    run_id: str
+    planned: int
+    stored: int
+    missing: tuple[int, ...]
+    duplicated: tuple[int, ...]
+    unexpected: tuple[int, ...]
+    failures: tuple[EpisodeFailure, ...]
+
+    @property
+    def complete(self) -> bool:
+        """Exactly the indices ``0..planned-1``, each once."""
+        return not (self.missing or self.duplicated or self.unexpected)
+
+    def describe(self) -> str:
+        """One line: what is wrong (empty when complete)."""
+        if self.complete:
+            return ""
+        parts = [f"{self.stored} episode records stored for {self.planned} planned"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing (index {format_indices(self.missing)})")
+        if self.duplicated:
+            parts.append(f"{len(self.duplicated)} stored more than once (index {format_indices(self.duplicated)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} outside 0..{self.planned - 1} "
+                         f"(index {format_indices(self.unexpected)})")
+        for failure in self.failures[:5]:
+            parts.append(f"episode {failure.index} {'raised' if failure.kind == 'exception' else 'was lost'}: "
+                         f"{failure.error}")
+        if len(self.failures) > 5:
+            parts.append(f"{len(self.failures) - 5} more failures (safetybed runs show {self.run_id})")
+        return "; ".join(parts)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"complete": self.complete, "planned": self.planned, "stored": self.stored,
+                "missing_indices": list(self.missing), "duplicated_indices": list(self.duplicated),
+                "unexpected_indices": list(self.unexpected),
+                "failures": [{"index": f.index, "kind": f.kind, "error": f.error, "submissions": f.submissions}
+                             for f in self.failures]}
 
 
 def _utc_now() -> str:
@@ -158,6 +230,8 @@ class RunStore:
         return result
 
     def mark_status(self, run_id: str, status: str) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status: expected one of {', '.join(RUN_STATUSES)}, got {status!r}")
         finished = _utc_now() if status == "complete" else None
         with self._transaction():
             self.conn.execute("UPDATE runs SET status = ?, finished_utc = ? WHERE run_id = ?",
@@ -167,9 +241,31 @@ class RunStore:
     def done_indices(self, run_id: str) -> set[int]:
         return {row[0] for row in self.conn.execute("SELECT idx FROM episodes WHERE run_id = ?", (run_id,))}
 
-    def add_episode(self, run_id: str, record: EpisodeRecord) -> None:
-        """Write one finished episode with its logs, atomically."""
+    def completeness(self, run_id: str) -> Completeness:
+        """Count the stored records of each index against the run's plan (does not trust the primary key)."""
+        planned = self.get_run(run_id).episodes
+        counts = dict(self.conn.execute("SELECT idx, COUNT(*) FROM episodes WHERE run_id = ? GROUP BY idx",
+                                        (run_id,)).fetchall())
+        failures = tuple(EpisodeFailure(row["idx"], row["kind"], row["error"], row["submissions"], row["detail"])
+                         for row in self.conn.execute("SELECT * FROM failures WHERE run_id = ? ORDER BY idx",
+                                                      (run_id,)))
+        return Completeness(run_id=run_id, planned=planned, stored=sum(counts.values()),
+                            missing=tuple(i for i in range(planned) if i not in counts),
+                            duplicated=tuple(sorted(i for i, n in counts.items() if n > 1)),
+                            unexpected=tuple(sorted(i for i in counts if not 0 <= i < planned)),
+                            failures=failures)
+
+    def add_failure(self, run_id: str, failure: EpisodeFailure) -> None:
+        """Remember why episode ``failure.index`` has no record (replaced by its record once it succeeds)."""
         with self._transaction():
+            self.conn.execute("INSERT OR REPLACE INTO failures VALUES (?,?,?,?,?,?)",
+                              (run_id, failure.index, failure.kind, failure.error, failure.detail,
+                               failure.submissions))
+
+    def add_episode(self, run_id: str, record: EpisodeRecord) -> None:
+        """Write one finished episode with its logs, atomically (and forget an earlier failure of it)."""
+        with self._transaction():
+            self.conn.execute("DELETE FROM failures WHERE run_id = ? AND idx = ?", (run_id, record.index))
             self.conn.execute(
                 f"INSERT INTO episodes (run_id, {', '.join(EPISODE_COLUMNS)}) VALUES ({', '.join('?' * 14)})",
                 (run_id, record.index, record.seed, record.episode_return, record.length, int(record.collision),
