@@ -50,6 +50,53 @@ AllowPartialFlag = Annotated[bool, typer.Option(
 StoreOption = Annotated[Path | None, typer.Option("--store", help="SQLite run store (default: runs/safetybed.sqlite).")]
 
 
+# While a --json command runs, file descriptor 1 points at stderr so that nothing else reaches stdout (Ray's
+# driver prints its raylet messages there, native libraries print from C); the document goes to the real stdout.
+_json_stream = None
+
+
+def emit_json(document, *, indent: int | None = 2, default=None) -> None:
+    """Print the command's one JSON document on the real stdout."""
+    stream = _json_stream if _json_stream is not None else sys.stdout
+    stream.write(json.dumps(document, indent=indent, default=default) + "\n")
+    stream.flush()
+
+
+@contextmanager
+def _stdout_reserved_for_json(enabled: bool, *, restore_fd: bool):
+    """``restore_fd=False`` (the console script) keeps fd 1 on stderr until the process exits: Ray's atexit
+    shutdown prints the raylet's log tail to stdout after the command has returned."""
+    global _json_stream
+    if not enabled:
+        yield
+        return
+    saved_stdout = sys.stdout
+    try:
+        real = saved_stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # captured (pytest capsys): keep writing to the capture
+        real = False
+    saved_fd = None
+    saved_stdout.flush()
+    if real:
+        saved_fd = os.dup(1)
+        _json_stream = os.fdopen(os.dup(saved_fd), "w", encoding="utf-8")
+        os.dup2(2, 1)
+    else:
+        _json_stream = saved_stdout
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = saved_stdout if restore_fd or saved_fd is None else sys.stderr
+        if saved_fd is not None:
+            _json_stream.close()
+            if restore_fd:
+                sys.stderr.flush()
+                os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+        _json_stream = None
+
+
 def _store_path(store: Path | None) -> Path:
     from safetybed.runner import DEFAULT_STORE
 
@@ -128,7 +175,7 @@ def scenarios_list(as_json: JsonFlag = False) -> None:
         except InputError as error:
             rows.append({"name": name, "path": str(path), "valid": False, "error": str(error)})
     if as_json:
-        print(json.dumps(rows, indent=2))
+        emit_json(rows)
         return
     table = Table(title="scenarios")
     for column in ("name", "simulator", "task", "steps", "description"):
@@ -152,7 +199,7 @@ def scenarios_validate(paths: Annotated[list[Path], typer.Argument(help="Scenari
         spec = load_scenario(path)
         checked.append({"path": str(path), "name": spec.name, "simulator": spec.simulator, "task": spec.task})
     if as_json:
-        print(json.dumps({"valid": checked}, indent=2))
+        emit_json({"valid": checked})
     else:
         for item in checked:
             out.print(f"[green]ok[/green] {item['path']} ({item['simulator']}/{item['task']})")
@@ -192,7 +239,7 @@ def run(
             incomplete, run_id = error, error.run_id
         summary = run_summary(run_store, run_id)
     if as_json:
-        print(json.dumps({"store": str(store_path), **summary.to_json_dict()}, indent=2))
+        emit_json({"store": str(store_path), **summary.to_json_dict()})
     else:
         print_summary(summary, store=store_path)
     if incomplete is not None:
@@ -210,7 +257,7 @@ def runs_list(store: StoreOption = None, as_json: JsonFlag = False) -> None:
                  "controller": info.controller, "seed": info.seed, "episodes_done": done,
                  "episodes": info.episodes, "status": info.status} for info, done in run_store.list_runs()]
     if as_json:
-        print(json.dumps(rows, indent=2))
+        emit_json(rows)
         return
     table = Table(title=f"runs in {_store_path(store)}")
     table.add_column("run id", no_wrap=True)
@@ -230,7 +277,7 @@ def runs_show(run_id: str, store: StoreOption = None, as_json: JsonFlag = False)
     with RunStore(_store_path(store), create=False) as run_store:
         summary = run_summary(run_store, run_id)
     if as_json:
-        print(json.dumps(summary.to_json_dict(), indent=2))
+        emit_json(summary.to_json_dict())
     else:
         print_summary(summary, store=_store_path(store))
 
@@ -249,7 +296,7 @@ def runs_export(run_id: str,
         records = run_store.episodes(run_id)
     written = export_records(records, run_id=run_id, fmt=fmt, out=out_file)
     if as_json:
-        print(json.dumps({"run_id": run_id, "format": fmt, "rows": len(records), "out": str(written)}))
+        emit_json({"run_id": run_id, "format": fmt, "rows": len(records), "out": str(written)}, indent=None)
     else:
         out.print(f"wrote {len(records)} episodes of {run_id} to {written}")
 
@@ -271,7 +318,7 @@ def train(
         summary = train_from_spec(controller_spec, steps=steps, device=device, out=out_dir, seed=seed,
                                   progress=progress)
     if as_json:
-        print(json.dumps(summary, indent=2))
+        emit_json(summary)
         return
     table = Table(title=f"trained {summary['controller']} ({summary['algorithm']})", show_header=False)
     for key, value in summary.items():
@@ -300,7 +347,7 @@ def deploy_command(
                         overwrite=overwrite)
     manifest = read_bundle_manifest(bundle_dir)
     if as_json:
-        print(json.dumps({"bundle": str(bundle_dir), **manifest}, indent=2))
+        emit_json({"bundle": str(bundle_dir), **manifest})
         return
     table = Table(title=f"bundle {bundle_dir}", show_header=False)
     for key in ("controller", "scenario", "control_rate_hz", "source_weights_sha256", "smoothing_sigma",
@@ -333,7 +380,7 @@ def certify_command(
                                     store_path=store, workers=workers, allow_partial=allow_partial,
                                     progress=(lambda name: progress_bar(name, enabled=not as_json)))
     if as_json:
-        print(json.dumps(certificate, indent=2, default=str))
+        emit_json(certificate, default=str)
         return
     out.print(json.dumps({key: certificate[key] for key in certificate if key in
                           ("name", "quantity", "sigma", "certified", "clean", "attacks", "files")},
@@ -352,7 +399,7 @@ def attack_command(
 
     result = attack_from_spec(cert_spec, budget=budget, episodes=episodes,
                               progress=(lambda name: progress_bar(name, enabled=not as_json)))
-    print(json.dumps(result, indent=2, default=str))
+    emit_json(result, default=str)
 
 
 # -- bench ----------------------------------------------------------------------------------------------------
@@ -367,7 +414,7 @@ def bench_sim(
 
     rows = bench_families(families=families, steps=steps)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        emit_json(rows)
         return
     table = Table(title=f"safetybed bench sim ({steps} control steps each, 1 process, random actions)")
     for column in ("scenario", "steps/s", "sim frames/s", "baseline (stock env)", "baseline steps/s", "ratio"):
@@ -397,7 +444,7 @@ def bench_train_command(
                          device=device, compile=compile_critics, learning=learning, repeats=repeats,
                          progress=None if as_json else (lambda line: err.print(line, markup=False)))
     if as_json:
-        print(json.dumps(result, indent=2, default=str))
+        emit_json(result, default=str)
     else:
         out.print(format_table(result), markup=False, highlight=False)
 
@@ -414,7 +461,7 @@ def bench_certify_command(
 
     result = bench_certify(spec or DEFAULT_SPEC, episodes=episodes, num_envs=num_envs)
     if as_json:
-        print(json.dumps(result, indent=2, default=str))
+        emit_json(result, default=str)
     else:
         out.print(format_table(result), markup=False, highlight=False)
 
@@ -461,7 +508,7 @@ def evaluate_command(
                                         workers=workers, store_path=_store_path(store), out_dir=out_dir,
                                         allow_partial=allow_partial, progress=progress)
     if as_json:
-        print(json.dumps(document, indent=2, default=str))
+        emit_json(document, default=str)
         return
     print_evaluation(document)
 
@@ -509,7 +556,7 @@ def quickstart(
     result = run_quickstart(out_dir=out_dir, episodes=episodes, workers=workers, on_summary=report,
                             progress_factory=lambda name: progress_bar(name, enabled=not as_json))
     if as_json:
-        print(json.dumps(result, indent=2))
+        emit_json(result)
     else:
         certificate = result["certificate"]
         certified = ", ".join(f"{row['certified']:.4g} at B = {row['budget']:g}" for row in certificate["certified"])
@@ -532,8 +579,10 @@ def quickstart(
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: maps bad input to exit code 2 with one message."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    arguments = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="safetybed")
+        with _stdout_reserved_for_json("--json" in arguments, restore_fd=argv is not None):
+            app(args=arguments, prog_name="safetybed")
     except InputError as error:
         err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
