@@ -425,6 +425,48 @@ def bench_sim(
     out.print(table)
 
 
+@bench_app.command("executors")
+def bench_executors_command(
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Workers on both sides.")] = 2,
+    classic_episodes: Annotated[int, typer.Option("--classic-episodes", min=0,
+                                                  help="classic/cartpole episodes (builtin:random).")] = 2000,
+    highway_episodes: Annotated[int, typer.Option("--highway-episodes", min=0,
+                                                  help="highway/cut_in episodes (builtin:idm).")] = 200,
+    loopback: Annotated[bool, typer.Option("--loopback", help="Start a two-node Ray cluster on 127.0.0.1 for the "
+                                                              "check, in private namespaces (root).")] = False,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ray (RAY_ADDRESS, or --loopback) vs the local pool: episodes/s, every index stored once, equal records."""
+    from safetybed.runner.bench import bench_executors, format_table
+
+    if loopback:
+        from safetybed.runner.loopback import LoopbackCluster, in_private_network, reexec_in_namespace
+
+        if not in_private_network():  # run this same command again inside its own namespaces
+            argv = [sys.executable, "-m", "safetybed", *sys.argv[1:]]
+            sys.exit(reexec_in_namespace(argv).returncode)
+        half = max(1, workers // 2)
+        with LoopbackCluster(head_cpus=half, worker_cpus=max(1, workers - half)) as cluster:
+            os.environ.update(cluster.client_env())
+            _bench_executors_print(bench_executors, format_table, workers=workers, classic=classic_episodes,
+                                   highway=highway_episodes, seed=seed, as_json=as_json)
+        return
+    _bench_executors_print(bench_executors, format_table, workers=workers, classic=classic_episodes,
+                           highway=highway_episodes, seed=seed, as_json=as_json)
+
+
+def _bench_executors_print(bench, format_table, *, workers, classic, highway, seed, as_json) -> None:
+    workloads = [w for w in (("classic/cartpole", "builtin:random", classic), ("highway/cut_in", "builtin:idm", highway))
+                 if w[2] > 0]
+    result = bench(workloads=workloads, workers=workers, seed=seed,
+                   progress=None if as_json else (lambda line: err.print(line, markup=False)))
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(format_table(result), markup=False, highlight=False)
+
+
 @bench_app.command("train")
 def bench_train_command(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Env steps per learning run (both sides).")] = 10_000,
