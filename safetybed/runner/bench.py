@@ -69,6 +69,10 @@ def bench_executors(*, workloads=DEFAULT_WORKLOADS, workers: int = 2, seed: int 
                     "every_index_once": sides["local"]["complete"] and sides["ray"]["complete"],
                     "records_equal": local_records == ray_records})
     finally:
+        import ray
+
+        if ray.is_initialized():  # before a loopback cluster's nodes go, so the driver leaves quietly
+            ray.shutdown()
         if folder is not None:
             folder.cleanup()
     return {"ray_address": os.environ.get("RAY_ADDRESS", "(local Ray instance)"), "ray_nodes": nodes,
