@@ -212,3 +212,14 @@ def test_until_rhw_adds_tests_until_the_target(tmp_path):
     capped = evaluate_testbed("testbed:cut_in", controller="builtin:idm", methods=["crude"], tests=1000,
                               until_rhw=0.3, max_tests=4000, bootstrap_resamples=0, seed=1)
     assert capped["methods"][0]["n"] == 4000  # crude MC cannot get there within the cap
+
+
+def test_max_tests_caps_every_method_without_until_rhw(cli):
+    """--max-tests without --until-rhw used to be ignored (crude MC ran its default count); now it caps both modes."""
+    code, stdout, stderr = cli("evaluate", "testbed:cut_in", "--controller", "builtin:idm", "--method", "crude,nade",
+                               "--max-tests", "300", "--json")
+    assert code == 0, stderr
+    assert [entry["n"] for entry in json.loads(stdout)["methods"]] == [300, 300]  # defaults 200,000 and 10,000
+    code, _, stderr = cli("evaluate", "testbed:cut_in", "--controller", "builtin:idm", "--method", "nade",
+                          "--tests", "500", "--max-tests", "300")
+    assert code == 2 and "--tests 500 exceeds --max-tests 300" in " ".join(stderr.split())

@@ -135,6 +135,11 @@ def test_a_store_missing_an_index_is_partial_and_refused_by_estimates(tmp_path, 
         with pytest.raises(IncompleteRunError, match="--allow-partial"):
             stored_episodes(store, run_id)
         assert len(stored_episodes(store, run_id, allow_partial=True)) == 5
+    from safetybed.evaluate.highway import records_from_run  # what every highway estimate reads
+
+    with pytest.raises(IncompleteRunError, match=r"1 missing \(index 3\)"):
+        records_from_run(store_path, run_id)
+    assert len(records_from_run(store_path, run_id, allow_partial=True)) == 5
     code, stdout, _ = cli("runs", "show", run_id, "--store", str(store_path), "--json")
     assert code == 0 and json.loads(stdout)["completeness"]["missing_indices"] == [3]
     code, stdout, _ = cli("runs", "show", run_id, "--store", str(store_path))
