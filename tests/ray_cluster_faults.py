@@ -1,6 +1,6 @@
 """Fault injection on a real two-node Ray cluster (run by tests/test_ray_cluster.py, inside its own namespaces).
 
-Usage: ``python tests/ray_cluster_faults.py OUT_DIR`` from inside ``unshare --net --pid --fork --kill-child
+Usage: ``python -m tests.ray_cluster_faults OUT_DIR`` (from the repository root) inside ``unshare --net --pid --fork --kill-child
 --mount-proc`` with ``lo`` up. Starts :class:`~safetybed.runner.loopback.LoopbackCluster` (head + worker node,
 token authentication on), launches ``safetybed run ... --executor ray`` through ``RAY_ADDRESS`` as the README
 says, injects each fault and writes what happened to ``OUT_DIR/results.json``; the stores are left in
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from safetybed.runner.loopback import LoopbackCluster, descendants, process_title
+from tests.test_runner import stored_count
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPISODES = 16
@@ -43,13 +44,7 @@ def run_command(spec: Path, store: Path, *extra: str) -> list[str]:
 
 
 def stored(store: Path) -> int:
-    if not store.exists():
-        return 0
-    try:
-        with sqlite3.connect(store, timeout=5) as conn:
-            return conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
+    return stored_count(store)
 
 
 def running_episodes(pids: set[int]) -> list[int]:

@@ -1,6 +1,6 @@
 """The Ray executor on a real two-node cluster under faults (issue 11, item 3), and its connection errors.
 
-One namespace session (``tests/ray_cluster_faults.py`` inside ``unshare --net --pid ...``) starts a head and a
+One namespace session (``python -m tests.ray_cluster_faults`` inside ``unshare --net --pid ...``) starts a head and a
 worker node on 127.0.0.1 with token authentication, launches ``safetybed run --executor ray`` through
 ``RAY_ADDRESS`` and injects: (a) SIGKILL of a Ray worker while it runs an episode, (b) the worker node stopping
 mid-run, (c) SIGKILL of the launching process, then ``--resume``. Each store must end with exactly the records
@@ -46,7 +46,7 @@ def session(tmp_path_factory):
     out = tmp_path_factory.mktemp("cluster")
     script = 'ip link set lo up && exec "$@"'
     completed = subprocess.run([*NAMESPACE_COMMAND, "sh", "-c", script, "sh", sys.executable,
-                                str(REPO_ROOT / "tests" / "ray_cluster_faults.py"), str(out)],
+                                "-m", "tests.ray_cluster_faults", str(out)],
                                capture_output=True, text=True, timeout=420, cwd=REPO_ROOT)
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "processes left" not in completed.stderr, completed.stderr[-2000:]

@@ -30,6 +30,23 @@ def small_highway(tmp_path: Path, *, steps: int = 8) -> Path:
     return path
 
 
+def stored_count(store_path: Path) -> int:
+    """Episodes stored so far in a store another process is writing (0 while it is not there yet)."""
+    if not store_path.exists():
+        return 0
+    try:
+        with sqlite3.connect(store_path, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def idm_run_command(spec_path: Path, store_path: Path, *, episodes: int, seed: int) -> list[str]:
+    """``safetybed run SPEC --controller builtin:idm`` on 2 local workers, as a subprocess command line."""
+    return [sys.executable, "-m", "safetybed", "run", str(spec_path), "--controller", "builtin:idm",
+            "--episodes", str(episodes), "--workers", "2", "--seed", str(seed), "--store", str(store_path), "--json"]
+
+
 def outcomes(store: RunStore, run_id: str):
     return [record.outcome() for record in store.episodes(run_id, with_logs=True)]
 
@@ -109,21 +126,10 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_records(tmp_path):
     spec_path = small_highway(tmp_path, steps=10)
     store_path = tmp_path / "killed.sqlite"
     episodes = 10
-    command = [sys.executable, "-m", "safetybed", "run", str(spec_path), "--controller", "builtin:idm",
-               "--episodes", str(episodes), "--workers", "2", "--seed", "7", "--store", str(store_path), "--json"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    process = subprocess.Popen(idm_run_command(spec_path, store_path, episodes=episodes, seed=7), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                                cwd=REPO_ROOT)
     deadline = time.monotonic() + 240
-    stored = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        if store_path.exists():
-            try:
-                with sqlite3.connect(store_path, timeout=5) as conn:
-                    stored = conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
-            except sqlite3.OperationalError:
-                stored = 0
-            if stored >= 3:
-                break
+    while time.monotonic() < deadline and process.poll() is None and stored_count(store_path) < 3:
         time.sleep(0.2)
     assert process.poll() is None, f"run ended before it could be killed: {process.stderr.read().decode()}"
     os.killpg(process.pid, signal.SIGKILL)  # the CLI and its worker processes, no chance to clean up

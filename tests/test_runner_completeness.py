@@ -9,9 +9,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,10 +18,11 @@ from safetybed.errors import IncompleteRunError
 from safetybed.runner import EpisodeTask, RunStore, resume_run, start_run
 from safetybed.runner.batch import finalize_run, stored_episodes
 from safetybed.runner.executors import EpisodeFailure, execute
+from safetybed.runner.loopback import descendants, process_title
 from safetybed.runner.store import format_indices
 
 from .conftest import REPO_ROOT
-from .test_runner import outcomes, small_highway
+from .test_runner import idm_run_command, outcomes, small_highway, stored_count
 
 
 @pytest.fixture(scope="module")
@@ -183,36 +182,18 @@ def test_format_indices():
 
 
 # -- a dead local worker process -------------------------------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.extend(int(child) for child in text)
-    return found
-
-
 def test_a_killed_local_worker_process_is_replaced_and_its_episodes_rerun(tmp_path):
     spec_path = small_highway(tmp_path, steps=10)
     store_path = tmp_path / "s.sqlite"
     episodes = 10
-    command = [sys.executable, "-m", "safetybed", "run", str(spec_path), "--controller", "builtin:idm",
-               "--episodes", str(episodes), "--workers", "2", "--seed", "8", "--store", str(store_path), "--json"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT,
-                               start_new_session=True)
+    process = subprocess.Popen(idm_run_command(spec_path, store_path, episodes=episodes, seed=8),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         killed = None
         while time.monotonic() < deadline and process.poll() is None and killed is None:
-            stored = 0
-            if store_path.exists():
-                try:
-                    with sqlite3.connect(store_path, timeout=5) as conn:
-                        stored = conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
-                except sqlite3.OperationalError:
-                    pass
-            workers = [pid for pid in _children(process.pid)
-                       if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-            if stored >= 2 and workers:
+            workers = [pid for pid in descendants(process.pid) if "spawn_main" in process_title(pid)]
+            if stored_count(store_path) >= 2 and workers:
                 os.kill(workers[0], signal.SIGKILL)  # a pool worker of our own child, by its id
                 killed = workers[0]
             time.sleep(0.1)
