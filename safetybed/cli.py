@@ -119,7 +119,11 @@ def progress_bar(description: str, *, enabled: bool):
         yield update
 
 
-def _fmt(value: float, digits: int = 3) -> str:
+def _fmt(value: float | str | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):  # a JSON-safe document's "inf"
+        return value
     if value != value:  # NaN
         return "-"
     if value in (float("inf"), float("-inf")):
@@ -163,8 +167,8 @@ def print_summary(summary, *, store: Path) -> None:
 @scenarios_app.command("list")
 def scenarios_list(as_json: JsonFlag = False) -> None:
     """List the scenario catalogue (scenarios/**.toml)."""
-    from safetybed.catalogue import list_scenarios
     from safetybed.spec import load_scenario
+    from safetybed.spec.catalogue import list_scenarios
 
     rows = []
     for name, path in list_scenarios().items():
@@ -219,8 +223,8 @@ def run(
     as_json: JsonFlag = False,
 ) -> None:
     """Run seeded episodes of SCENARIO against a controller and store every result."""
-    from safetybed.catalogue import load_scenario_arg
     from safetybed.runner import RunStore, resume_run, run_summary, start_run
+    from safetybed.spec.catalogue import load_scenario_arg
 
     spec, path = load_scenario_arg(scenario)
     store_path = _store_path(store)
@@ -374,9 +378,9 @@ def certify_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Certify a smoothed controller (policy smoothing): certificate.json + report.html."""
-    from safetybed.certify.pipeline import certify_from_spec
+    from safetybed.report.certificate import certify_to_folder
 
-    certificate = certify_from_spec(cert_spec, episodes=episodes, attack_episodes=attack_episodes, out_dir=out_dir,
+    certificate = certify_to_folder(cert_spec, episodes=episodes, attack_episodes=attack_episodes, out_dir=out_dir,
                                     store_path=store, workers=workers, allow_partial=allow_partial,
                                     progress=(lambda name: progress_bar(name, enabled=not as_json)))
     if as_json:
@@ -399,7 +403,20 @@ def attack_command(
 
     result = attack_from_spec(cert_spec, budget=budget, episodes=episodes,
                               progress=(lambda name: progress_bar(name, enabled=not as_json)))
-    emit_json(result, default=str)
+    if as_json:
+        emit_json(result, default=str)
+        return
+    table = Table(title=f"attack {result['name']}: total l2 budget B = {result['budget']:g}, sigma = "
+                        f"{result['sigma']:g}, {result['episodes']} episodes per setting ({result['quantity']})")
+    for column in ("controller", "configuration", "attacked estimate", "sem", "budget spent (mean / max)"):
+        table.add_column(column)
+    for label, run_result in [*(("smoothed", r) for r in result["runs"]), ("unsmoothed (control)", result["control"])]:
+        table.add_row(label, json.dumps(run_result["configuration"], sort_keys=True), _fmt(run_result["estimate"], 4),
+                      _fmt(run_result["sem"]), f"{_fmt(run_result['budget_spent_mean'])} / "
+                                               f"{_fmt(run_result['budget_spent_max'])}")
+    out.print(table)
+    out.print(f"worst smoothed setting: {json.dumps(result['worst']['configuration'], sort_keys=True)} -> "
+              f"{_fmt(result['worst']['estimate'], 4)}", markup=False, highlight=False)
 
 
 # -- bench ----------------------------------------------------------------------------------------------------
@@ -541,7 +558,7 @@ def evaluate_command(
         if is_testbed(scenario):
             document = evaluate_testbed(scenario, controller=controller, methods=methods, tests=tests, seed=seed,
                                         confidence=confidence, until_rhw=until_rhw, max_tests=max_tests,
-                                        coverage=coverage, out_dir=out_dir, progress=progress)
+                                        coverage=coverage, progress=progress)
         else:
             from safetybed.evaluate.pipeline import evaluate_highway
 
@@ -549,6 +566,11 @@ def evaluate_command(
                                         confidence=confidence, until_rhw=until_rhw, max_tests=max_tests,
                                         workers=workers, store_path=_store_path(store), out_dir=out_dir,
                                         allow_partial=allow_partial, progress=progress)
+            out_dir = Path(document["out_dir"])
+    if out_dir is not None:
+        from safetybed.report.evaluation import write_evaluation
+
+        document["files"] = write_evaluation(document, out_dir)
     if as_json:
         emit_json(document, default=str)
         return

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safetybed.catalogue import load_scenario_arg
-from safetybed.certify.pipeline import certify_from_spec
 from safetybed.errors import InputError
+from safetybed.report.certificate import certify_to_folder
+from safetybed.report.evaluation import write_evaluation
 from safetybed.runner import RunStore, run_summary, start_run
+from safetybed.spec.catalogue import load_scenario_arg
 
 QUICKSTART_JOBS = (("highway/cut_in", "builtin:idm"), ("bullet/reach", "builtin:reach"))
 QUICKSTART_CERTIFICATION = "cartpole_sigma0.2.toml"
@@ -29,7 +30,7 @@ QUICKSTART_EVALUATION = ("testbed:cut_in", "builtin:idm", ["crude", "nade", "scv
 
 
 def _certification_spec() -> Path:
-    from safetybed.catalogue import catalogue_dirs
+    from safetybed.spec.catalogue import catalogue_dirs
 
     for folder in catalogue_dirs("certify"):
         if (folder / QUICKSTART_CERTIFICATION).is_file():
@@ -52,7 +53,7 @@ def run_quickstart(*, out_dir: Path, episodes: int, workers: int, on_summary: Ca
             summary = run_summary(store, run_id)
             on_summary(summary, store_path)
             results.append(summary.to_json_dict())
-    certificate = certify_from_spec(_certification_spec(), episodes=max(10 * episodes, 200), attack_episodes=0,
+    certificate = certify_to_folder(_certification_spec(), episodes=max(10 * episodes, 200), attack_episodes=0,
                                     out_dir=out_dir / "certificate", store_path=store_path, workers=workers,
                                     progress=progress_factory)
     from safetybed.evaluate.pipeline import evaluate_testbed
@@ -60,7 +61,8 @@ def run_quickstart(*, out_dir: Path, episodes: int, workers: int, on_summary: Ca
     scenario, controller, methods = QUICKSTART_EVALUATION
     with progress_factory("crash-rate evaluation (testbed)") as progress:
         evaluation = evaluate_testbed(scenario, controller=controller, methods=methods, seed=0,
-                                      out_dir=out_dir / "evaluation", bootstrap_resamples=50, progress=progress)
+                                      bootstrap_resamples=50, progress=progress)
+    evaluation["files"] = write_evaluation(evaluation, out_dir / "evaluation")
     result = {"store": str(store_path), "summary_file": str(out_dir / "summary.json"), "runs": results,
               "evaluation": {"scenario": scenario, "exact_crash_probability": evaluation["exact_crash_probability"],
                              "files": evaluation["files"],

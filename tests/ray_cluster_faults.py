@@ -121,9 +121,9 @@ def main(out: Path) -> None:
         os.environ.update(env)
         import ray
 
-        from safetybed.catalogue import load_scenario_arg
         from safetybed.runner import EpisodeTask
         from safetybed.runner.executors import EpisodeFailure, execute
+        from safetybed.spec.catalogue import load_scenario_arg
 
         scenario_json = load_scenario_arg("classic/cartpole")[0].model_dump_json()
         tasks = [EpisodeTask(scenario_json=scenario_json, controller="builtin:no_such_driver" if i == 5

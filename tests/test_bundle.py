@@ -180,7 +180,7 @@ def test_deploy_refuses_bad_requests(deployed, tmp_path):
 
 
 def test_deploy_from_controller_spec(deployed, tmp_path):
-    pytest.importorskip("safetybed.control.algorithms.sac")  # the spec loader validates [hyper] against it
+    pytest.importorskip("safetybed.control.algorithms.sac")  # the bundle loads the SAC policy class
     shutil.copytree(deployed["reach"][0], tmp_path / "weights")
     spec = tmp_path / "reach_sac.toml"
     spec.write_text('name = "reach_sac"\nalgorithm = "sac"\nscenario = "bullet/reach"\ncheckpoint = "weights"\n')
@@ -285,8 +285,8 @@ def test_run_in_pybullet_rejects_a_rate_that_does_not_divide_the_env_rate(deploy
 
 # -- wiring into load_controller and the CLI (skipped until loading.py / cli.py know about bundles) ---------------
 def test_bundle_folder_is_a_controller_reference(deployed):
-    from safetybed.catalogue import load_scenario_arg
     from safetybed.control import load_controller
+    from safetybed.spec.catalogue import load_scenario_arg
 
     spec, _ = load_scenario_arg("classic/cartpole")
     env = make_env(spec)

@@ -13,12 +13,12 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from safetybed.catalogue import load_scenario_arg
 from safetybed.certify.attack import AttackResult, attack_episodes
 from safetybed.certify.estimators import binary_bound, expectation_bound_integer, gaussian_shift
 from safetybed.certify.toy import LinearToy
 from safetybed.control.checkpoint import load_checkpoint
 from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch
+from safetybed.spec.catalogue import load_scenario_arg
 
 from .conftest import REPO_ROOT
 
@@ -140,9 +140,9 @@ def test_zero_budget_reproduces_the_runner_episodes(cartpole):
     """B = 0 is the clean controller: the runner's episodes on the noise-free scenario (unsmoothed) and on the
     noisy scenario (smoothed: the controller's noise is drawn as the scenario's ObservationNoise draws it)."""
     from safetybed.control.policy import PolicyController
-    from safetybed.runner.episode import rollout
     from safetybed.runner.seeding import episode_seed
     from safetybed.sims import make_env
+    from safetybed.sims.rollout import rollout
 
     checkpoint, noisy = cartpole
     noise_free = noisy.model_copy(update={"perturbations": noisy.perturbations.model_copy(
@@ -170,10 +170,10 @@ def test_frame_stacked_controller_is_perturbed_per_raw_frame(cartpole):
     """frame_stack = 3: B = 0 reproduces FrameStack(ObservationNoise(env)) (noise per raw frame, then stacking,
     notes §1(b)); with B > 0 each raw frame's perturbation is counted once."""
     from safetybed.control.policy import PolicyController
-    from safetybed.runner.episode import rollout
     from safetybed.runner.seeding import episode_seed
     from safetybed.sims import make_env
     from safetybed.sims.framestack import FrameStack
+    from safetybed.sims.rollout import rollout
 
     _, noisy = cartpole
     noisy = noisy.model_copy(update={"episode_steps": 40})

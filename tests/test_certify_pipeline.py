@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from safetybed.catalogue import load_scenario_arg
 from safetybed.certify import estimators
-from safetybed.certify.pipeline import certify_from_spec, resolve_certification
+from safetybed.certify.pipeline import resolve_certification
 from safetybed.certify.smoothing import (
     OBSERVATION_NOISE_SPAWN_KEY,
     SmoothedController,
@@ -24,12 +23,14 @@ from safetybed.control.checkpoint import load_checkpoint
 from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch
 from safetybed.control.policy import PolicyController
 from safetybed.errors import SpecError
+from safetybed.report.certificate import certify_to_folder
 from safetybed.runner import RunStore
-from safetybed.runner.episode import rollout
 from safetybed.runner.seeding import episode_seed
 from safetybed.sims import make_env
 from safetybed.sims.base import ObservationNoise
 from safetybed.sims.framestack import FrameStack
+from safetybed.sims.rollout import rollout
+from safetybed.spec.catalogue import load_scenario_arg
 from safetybed.spec.certify import load_certify_spec
 
 from .conftest import REPO_ROOT
@@ -255,7 +256,7 @@ def test_every_shipped_certification_spec_resolves():
 def test_certify_pipeline_end_to_end_reuse_and_resume(tmp_path):
     spec_path = write_spec(tmp_path, BASE_SPEC)
     store_path = tmp_path / "runs.sqlite"
-    certificate = certify_from_spec(spec_path, out_dir=tmp_path / "out", store_path=store_path, workers=1)
+    certificate = certify_to_folder(spec_path, out_dir=tmp_path / "out", store_path=store_path, workers=1)
 
     written = json.loads((tmp_path / "out" / "certificate.json").read_text())
     assert written["certificate_id"] == certificate["certificate_id"]
@@ -284,7 +285,7 @@ def test_certify_pipeline_end_to_end_reuse_and_resume(tmp_path):
     assert certificate["violations"] == len(attacks["violations"])
     assert certificate["reference"]["certified"][2] == 185.3  # published re-run curve, sigma = 0.2
 
-    again = certify_from_spec(spec_path, out_dir=tmp_path / "again", store_path=store_path, attack_episodes=0)
+    again = certify_to_folder(spec_path, out_dir=tmp_path / "again", store_path=store_path, attack_episodes=0)
     assert again["samples"]["run"] == "reused" and again["samples"]["run_id"] == certificate["samples"]["run_id"]
     assert [r["certified"] for r in again["certified"]] == values
     assert again["attacks"]["not_run"].startswith("not run")
@@ -295,7 +296,7 @@ def test_certify_pipeline_end_to_end_reuse_and_resume(tmp_path):
         connection.execute("DELETE FROM episodes WHERE run_id = ? AND idx >= 40", (certificate["samples"]["run_id"],))
         connection.execute("UPDATE runs SET status = 'running'")
     connection.close()
-    resumed = certify_from_spec(spec_path, out_dir=tmp_path / "resumed", store_path=store_path, attack_episodes=0)
+    resumed = certify_to_folder(spec_path, out_dir=tmp_path / "resumed", store_path=store_path, attack_episodes=0)
     assert resumed["samples"]["run"] == "resumed"
     assert resumed["certificate_id"] == again["certificate_id"]  # same run, same settings: same certificate
     with RunStore(store_path) as store:
@@ -313,20 +314,20 @@ def test_a_run_is_not_reused_for_retrained_weights(tmp_path):
     controller.write_text(CARTPOLE_PPO.read_text().replace('checkpoint = "weights/cartpole_ppo"',
                                                            'checkpoint = "weights"'), encoding="utf-8")
     spec = write_spec(tmp_path, BASE_SPEC.replace(f'"{CARTPOLE_PPO}"', f'"{controller}"'))
-    first = certify_from_spec(spec, out_dir=tmp_path / "a", store_path=tmp_path / "runs.sqlite", attack_episodes=0)
+    first = certify_to_folder(spec, out_dir=tmp_path / "a", store_path=tmp_path / "runs.sqlite", attack_episodes=0)
     checkpoint = load_checkpoint(weights)
     with torch.no_grad():
         checkpoint.policy.net[-1].bias.add_(0.01)  # "retrained": same architecture, different weights
     save_checkpoint(weights, policy=checkpoint.policy, obs_norm=checkpoint.obs_norm, algorithm="ppo",
                     observation_space=checkpoint.observation_space, action_space=checkpoint.action_space, config={})
-    second = certify_from_spec(spec, out_dir=tmp_path / "b", store_path=tmp_path / "runs.sqlite", attack_episodes=0)
+    second = certify_to_folder(spec, out_dir=tmp_path / "b", store_path=tmp_path / "runs.sqlite", attack_episodes=0)
     assert second["samples"]["run"] == "new" and second["samples"]["run_id"] != first["samples"]["run_id"]
     assert second["controller"]["weights_sha256"] != first["controller"]["weights_sha256"]
 
 
 def test_binary_quantity_counts_episodes(tmp_path):
     body = BASE_SPEC.replace('quantity = "expected_return"', 'quantity = "no_collision"')
-    certificate = certify_from_spec(write_spec(tmp_path, body), out_dir=tmp_path / "out",
+    certificate = certify_to_folder(write_spec(tmp_path, body), out_dir=tmp_path / "out",
                                     store_path=tmp_path / "runs.sqlite", attack_episodes=0)
     with RunStore(tmp_path / "runs.sqlite") as store:
         records = store.episodes(certificate["samples"]["run_id"])
@@ -344,7 +345,7 @@ def test_frame_stacked_certification_runs_on_the_stacked_controller(tmp_path):
                              ).replace('"classic/cartpole"', f'"{scenario}"')
     cert = resolve_certification(write_spec(tmp_path, body))
     assert cert.frame_stack == 5 and cert.checkpoint.policy.arch.obs_dim == 20
-    certificate = certify_from_spec(write_spec(tmp_path, body), out_dir=tmp_path / "out",
+    certificate = certify_to_folder(write_spec(tmp_path, body), out_dir=tmp_path / "out",
                                     store_path=tmp_path / "runs.sqlite", attack_episodes=2)
     assert certificate["smoothing"]["frame_stack"] == 5
     assert certificate["clean"]["mean_return"] > 150  # trained with this noise: balances nearly always

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from safetybed.certify.pipeline import certify_from_spec
-from safetybed.report.certificate import PUBLISHED_CARTPOLE, render_certificate_html
+from safetybed.certify.reference import PUBLISHED_CARTPOLE
+from safetybed.report.certificate import certify_to_folder, render_certificate_html
 
 from .conftest import REPO_ROOT
 
@@ -87,7 +87,7 @@ def certified(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     spec = folder / "spec.toml"
     spec.write_text(SPEC, encoding="utf-8")
-    certificate = certify_from_spec(spec, out_dir=folder / "out", store_path=folder / "runs.sqlite")
+    certificate = certify_to_folder(spec, out_dir=folder / "out", store_path=folder / "runs.sqlite")
     return certificate, folder / "out" / "report.html"
 
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from safetybed.catalogue import load_scenario_arg
-from safetybed.control.algorithms import dsac_t
+from safetybed.control.algorithms import check_hyper, dsac_t
 from safetybed.control.algorithms.replay import Batch
 from safetybed.control.networks import PolicyArch
 from safetybed.control.training import TrainSetup
-from safetybed.spec.controller import NetworkSpec, check_hyper, load_controller_spec
+from safetybed.spec.catalogue import load_scenario_arg
+from safetybed.spec.controller import NetworkSpec, load_controller_spec
 
 from .conftest import REPO_ROOT
 

@@ -633,7 +633,7 @@ def test_tests_needed_extrapolates_from_the_per_test_variance():
 
 def test_decision_from_scores_normalises_and_refuses_a_zero_row():
     """Shared by NADE and AdaTE: q~ = scores / sum; an all-zero row (a non-critical context) is an error."""
-    from safetybed.evaluate.critical import Decision
+    from safetybed.sims.testing.critical import Decision
 
     decision = Decision.from_scores(np.array([1.0, 3.0, 0.0]), 0.1, who="NadeProposal")
     np.testing.assert_allclose(decision.q_tilde, [0.25, 0.75, 0.0])

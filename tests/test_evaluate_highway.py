@@ -7,23 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from safetybed.evaluate.critical import CriticalContext, Decision
-from safetybed.evaluate.highway import (
-    CRITICAL_KEYS,
-    FEATURE_NAMES,
-    HighwayTester,
-    make_proposal,
-    records_from_run,
-)
-from safetybed.evaluate.lookahead import (
+from safetybed.evaluate.highway import records_from_run
+from safetybed.sims.highway_driver import acceleration_pmf, lane_change_probability
+from safetybed.sims.testing.critical import CriticalContext, Decision
+from safetybed.sims.testing.lookahead import (
     DEFAULT_SURROGATES,
     EgoKinematics,
     Surrogate,
     VehicleKinematics,
     maneuver_challenge,
 )
-from safetybed.evaluate.nade import NadeProposal
-from safetybed.sims.highway_driver import acceleration_pmf, lane_change_probability
+from safetybed.sims.testing.nade import NadeProposal
+from safetybed.sims.testing.tester import CRITICAL_KEYS, FEATURE_NAMES, HighwayTester, make_proposal
 from safetybed.spec import parse_scenario
 
 from .conftest import assert_validate_rejects
@@ -272,7 +267,7 @@ def test_make_proposal_from_the_testing_section():
 
 def test_records_from_run_roundtrip(tmp_path):
     from safetybed.runner import RunStore, episode_seed, start_run
-    from safetybed.runner.episode import rollout
+    from safetybed.sims.rollout import rollout
 
     spec = nade_spec(episode_steps=10)
     store_path = tmp_path / "store.sqlite"
@@ -415,7 +410,7 @@ def test_the_ego_command_of_the_step_is_seen_by_the_logged_pmf():
     (0.18, 0.9, 1e-7, (1.0, (1 - 0.18) / (1 - 1e-7))),
 ])
 def test_reconciled_mixture_keeps_q_and_stays_a_probability(q, epsilon, p_actual, expected):
-    from safetybed.evaluate.highway import reconciled_mixture
+    from safetybed.sims.testing.tester import reconciled_mixture
 
     q_tilde, eps = reconciled_mixture(q, epsilon, p_actual)
     assert (q_tilde, eps) == pytest.approx(expected, rel=1e-12)

@@ -8,19 +8,22 @@ import numpy as np
 import pytest
 
 from safetybed.errors import InputError
-from safetybed.evaluate.adate import load_proposal as load_adate
-from safetybed.evaluate.d2rl import load_proposal as load_d2rl
 from safetybed.evaluate.highway import STATE_FEATURES, records_from_run
 from safetybed.evaluate.pipeline import evaluate_highway
+from safetybed.report.evaluation import write_evaluation
+from safetybed.sims.testing.adate_proposal import load_proposal as load_adate
+from safetybed.sims.testing.d2rl_proposal import load_proposal as load_d2rl
 
 
 @pytest.fixture(scope="module")
 def document(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evaluate")
-    return evaluate_highway("scenarios/highway/cruise_nade.toml", controller="builtin:idm",
-                            methods=["crude", "nade", "scv", "d2rl", "adate"], tests=12, seed=3, workers=1,
-                            store_path=folder / "store.sqlite", out_dir=folder / "out", d2rl_iterations=2,
-                            adate_batches=2, bootstrap_resamples=5)
+    document = evaluate_highway("scenarios/highway/cruise_nade.toml", controller="builtin:idm",
+                                methods=["crude", "nade", "scv", "d2rl", "adate"], tests=12, seed=3, workers=1,
+                                store_path=folder / "store.sqlite", out_dir=folder / "out", d2rl_iterations=2,
+                                adate_batches=2, bootstrap_resamples=5)
+    document["files"] = write_evaluation(document, document["out_dir"])  # what the CLI does with it
+    return document
 
 
 def test_every_method_reports_a_result(document):

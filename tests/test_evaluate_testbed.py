@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from safetybed.evaluate.adate import AdaTEProposal, DenseTarget, StepLog, dense_returns, fit_weights
-from safetybed.evaluate.d2rl import D2RLProposal, EpsilonPolicy
+from safetybed.evaluate.adate import StepLog, dense_returns, fit_weights
 from safetybed.evaluate.methods import coverage_study, run_testbed_method
-from safetybed.evaluate.nade import NadeProposal
 from safetybed.evaluate.testbed import (
     ACCEL_GRID_MPS2,
     CutInTestbed,
     exact_moments,
     simulate_crashes,
 )
+from safetybed.sims.testing.adate_proposal import AdaTEProposal, DenseTarget
+from safetybed.sims.testing.d2rl_proposal import D2RLProposal, EpsilonPolicy
+from safetybed.sims.testing.nade import NadeProposal
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from safetybed.catalogue import load_scenario_arg
 from safetybed.control.algorithms import mdpo_off, mdpo_on
 from safetybed.control.algorithms.replay import Batch
 from safetybed.control.algorithms.rollout import RolloutBatch, action_distribution
 from safetybed.control.networks import Policy, PolicyArch, QNetwork, ValueNetwork
 from safetybed.control.training import TrainSetup
+from safetybed.spec.catalogue import load_scenario_arg
 from safetybed.spec.controller import NetworkSpec
 
 

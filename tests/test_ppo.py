@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from safetybed.catalogue import load_scenario_arg
 from safetybed.control.algorithms import ppo
 from safetybed.control.algorithms.rollout import (
     RolloutBatch,
@@ -25,8 +24,9 @@ from safetybed.control.algorithms.rollout import (
 from safetybed.control.base import RandomController
 from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch, ValueNetwork
 from safetybed.control.training import TrainSetup
-from safetybed.runner.episode import rollout
 from safetybed.sims import make_env
+from safetybed.sims.rollout import rollout
+from safetybed.spec.catalogue import load_scenario_arg
 from safetybed.spec.controller import NetworkSpec
 
 # -- GAE -------------------------------------------------------------------------------------------------------

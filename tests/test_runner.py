@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safetybed.catalogue import load_scenario_arg
 from safetybed.runner import RunStore, episode_seed, episode_sequence, resume_run, start_run
 from safetybed.spec import load_scenario
+from safetybed.spec.catalogue import load_scenario_arg
 
 from .conftest import REPO_ROOT
 

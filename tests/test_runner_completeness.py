@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from safetybed.catalogue import load_scenario_arg
 from safetybed.errors import IncompleteRunError
 from safetybed.runner import EpisodeTask, RunStore, resume_run, start_run
 from safetybed.runner.batch import finalize_run, stored_episodes
 from safetybed.runner.executors import EpisodeFailure, execute
 from safetybed.runner.loopback import descendants, process_title
 from safetybed.runner.store import format_indices
+from safetybed.spec.catalogue import load_scenario_arg
 
 from .conftest import REPO_ROOT
 from .test_runner import idm_run_command, outcomes, small_highway, stored_count

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from safetybed.catalogue import load_scenario_arg
 from safetybed.control.algorithms import sac
 from safetybed.control.algorithms.replay import Batch
 from safetybed.control.networks import PolicyArch
 from safetybed.control.training import TrainSetup
+from safetybed.spec.catalogue import load_scenario_arg
 from safetybed.spec.controller import NetworkSpec
 
 OBS_DIM, ACT_DIM, BATCH = 3, 2, 16

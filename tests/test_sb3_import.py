@@ -246,9 +246,9 @@ def test_controller_type_and_name(trained):
 
 def test_sb3_reference_in_load_controller(trained):
     """``sb3:PATH.zip`` through :func:`load_controller` (skipped until loading.py resolves ``sb3:``)."""
-    from safetybed.catalogue import load_scenario_arg
     from safetybed.control import load_controller
     from safetybed.sims import make_env
+    from safetybed.spec.catalogue import load_scenario_arg
 
     spec, _ = load_scenario_arg("classic/cartpole")
     env = make_env(spec)

@@ -12,9 +12,9 @@ from safetybed.control import load_controller
 from safetybed.control.base import Controller
 from safetybed.control.shield import IDMShield
 from safetybed.errors import InputError
-from safetybed.runner.episode import rollout
 from safetybed.sims import make_env
 from safetybed.sims.highway import make_highway_env
+from safetybed.sims.rollout import rollout
 from safetybed.spec import load_scenario
 
 from .conftest import REPO_ROOT

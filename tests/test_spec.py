@@ -103,7 +103,7 @@ def test_default_section_is_filled_in():
 
 
 def test_every_catalogue_scenario_is_valid(cli):
-    from safetybed.catalogue import list_scenarios
+    from safetybed.spec.catalogue import list_scenarios
 
     paths = [str(path) for path in list_scenarios().values()]
     assert paths, "the scenario catalogue is empty"

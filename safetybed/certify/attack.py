@@ -343,7 +343,7 @@ def _env_factory(scenario: ScenarioSpec | str | Callable[[], gym.Env]) -> Callab
     if callable(scenario) and not isinstance(scenario, ScenarioSpec):
         return scenario
     if isinstance(scenario, str):
-        from safetybed.catalogue import load_scenario_arg
+        from safetybed.spec.catalogue import load_scenario_arg
 
         scenario, _ = load_scenario_arg(scenario)
     if not isinstance(scenario, ScenarioSpec):

@@ -3,7 +3,7 @@
 Both sides play the same episodes (same run seed, same indices) of a certification spec's smoothed scenario
 with its base controller, in this process, on one torch thread (what a runner worker uses):
 
-* **baseline**: the runner's loop, :func:`safetybed.runner.episode.rollout` one episode at a time, one policy
+* **baseline**: the runner's loop, :func:`safetybed.sims.rollout.rollout` one episode at a time, one policy
   call per step on a batch of one;
 * **vectorised**: :func:`safetybed.certify.smoothing.vector_rollouts`, ``num_envs`` episodes in a gymnasium
   ``SyncVectorEnv`` with one batched policy call per step.
@@ -23,8 +23,8 @@ import numpy as np
 from safetybed.certify.pipeline import resolve_certification, torch_threads
 from safetybed.certify.smoothing import vector_rollouts
 from safetybed.errors import InputError
-from safetybed.runner.episode import rollout
 from safetybed.runner.seeding import episode_seed
+from safetybed.sims.rollout import rollout
 
 DEFAULT_SPEC = Path("certify") / "cartpole_sigma0.2.toml"
 
@@ -38,7 +38,7 @@ def bench_certify(spec: str | Path = DEFAULT_SPEC, *, episodes: int = 512, num_e
     if episodes < 1 or num_envs < 1:
         raise InputError(f"--episodes and --envs: expected >= 1, got {episodes} and {num_envs}")
     if not Path(spec).exists():
-        from safetybed.catalogue import PACKAGE_ROOT
+        from safetybed.spec.catalogue import PACKAGE_ROOT
 
         packaged = PACKAGE_ROOT / spec
         spec = packaged if packaged.exists() else spec

@@ -118,8 +118,8 @@ def integer_return_max(scenario: ScenarioSpec) -> int | None:
 
 def resolve_certification(path: str | Path) -> Certification:
     """Load a certification spec and everything it names; :class:`SpecError` (exit 2) on any problem."""
-    from safetybed.catalogue import load_scenario_arg
     from safetybed.sims import make_env
+    from safetybed.spec.catalogue import load_scenario_arg
     from safetybed.spec.controller import load_controller_spec
 
     loaded = load_certify_spec(path)
@@ -215,22 +215,9 @@ def _histogram(values: np.ndarray, *, bins: int = 40) -> dict[str, list[float]]:
 
 
 # -- the clean smoothed episodes ----------------------------------------------------------------------------
-# The runner stores the controller *reference* (a spec path), not the weights it loaded; a run played before the
-# weights were retrained must not be reused for the new ones. This table (in the same store) records the weights'
-# sha256 each certification run was played with.
-_PROVENANCE_TABLE = ("CREATE TABLE IF NOT EXISTS certify_runs (run_id TEXT PRIMARY KEY REFERENCES runs(run_id), "
-                     "weights_sha256 TEXT NOT NULL)")
-
-
-def _record_provenance(store: RunStore, run_id: str, weights_sha256: str) -> None:
-    store.conn.execute(_PROVENANCE_TABLE)
-    store.conn.execute("INSERT OR REPLACE INTO certify_runs VALUES (?, ?)", (run_id, weights_sha256))
-
-
 def _matching_run(store: RunStore, *, scenario: ScenarioSpec, controller: str, seed: int, episodes: int,
                   weights_sha256: str) -> str | None:
-    store.conn.execute(_PROVENANCE_TABLE)
-    played_with = dict(store.conn.execute("SELECT run_id, weights_sha256 FROM certify_runs").fetchall())
+    played_with = store.run_weights()  # a run played before the weights were retrained is never reused
     digest = scenario_digest(scenario)
     for info, _done in reversed(store.list_runs()):
         if (info.controller == controller and info.seed == seed and info.episodes == episodes
@@ -263,7 +250,7 @@ def run_clean_episodes(cert: Certification, *, store: RunStore, episodes: int, w
         run_id = start_run(cert.run_scenario, scenario_path=cert.scenario_path, controller=cert.controller_ref,
                            episodes=episodes, seed=cert.spec.seed, workers=workers, executor=executor, store=store,
                            progress=progress,
-                           on_created=lambda created: _record_provenance(store, created, weights_sha256))
+                           on_created=lambda created: store.record_weights(created, weights_sha256))
     except IncompleteRunError as error:
         if not allow_partial:
             raise
@@ -472,17 +459,19 @@ def certificate_digest(certificate: dict[str, Any]) -> str:
 
 # -- the command ------------------------------------------------------------------------------------------
 def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_episodes: int | None = None,
-                      out_dir: str | Path | None = None, store_path: str | Path | None = None, workers: int = 1,
+                      store_path: str | Path | None = None, workers: int = 1,
                       executor: str = "local", progress: ProgressFactory | None = None,
                       allow_partial: bool = False) -> dict[str, Any]:
-    """Run a certification spec end to end; writes ``certificate.json`` and ``report.html`` into ``out_dir``.
+    """Run a certification spec end to end and return the certificate (the content of ``certificate.json``).
+
+    Nothing but the run store is written: :func:`safetybed.report.certificate.write_certificate` writes
+    ``certificate.json`` and ``report.html`` (``safetybed certify`` does both, see ``certify_to_folder``).
 
     Args:
         path: the certification spec (``certify/*.toml``).
         episodes: clean smoothed episodes (default: the spec's ``episodes``).
         attack_episodes: episodes per attack configuration and budget (default: the spec's ``[attack]
             episodes``; 0 skips the attacks).
-        out_dir: output folder (default ``certificates/<spec name>``).
         store_path: SQLite run store (default ``runs/safetybed.sqlite``).
         workers / executor: how the runner plays the clean episodes (results do not depend on them).
         progress: ``progress(description)`` returns a context manager yielding a ``(done, total)`` callback
@@ -492,13 +481,13 @@ def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_e
             valid only if those episodes are missing for reasons unrelated to their outcome.
 
     Returns:
-        The certificate (the content of ``certificate.json``) with ``files`` naming what was written.
+        The certificate, identified by ``certificate_id`` (a digest of its content).
 
     Raises:
         SpecError / InputError: a bad spec, reference, flag or store (exit code 2).
         IncompleteRunError: the clean run lacks planned episodes and ``allow_partial`` is false (exit code 1).
     """
-    from safetybed.report.certificate import published_reference, write_report
+    from safetybed.certify.reference import published_reference
     from safetybed.runner import DEFAULT_STORE
 
     started = time.perf_counter()
@@ -510,7 +499,6 @@ def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_e
     n_attack = spec.attack.episodes if attack_episodes is None else int(attack_episodes)
     if n_attack < 0 or n_attack == 1:
         raise InputError(f"--attack-episodes: expected 0 (no attacks) or >= 2, got {n_attack}")
-    out = Path(out_dir) if out_dir is not None else DEFAULT_OUT / spec.name
     store_file = Path(store_path) if store_path is not None else DEFAULT_STORE
     progress = progress or (lambda _name: nullcontext(None))
 
@@ -591,12 +579,6 @@ def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_e
     certificate = _json_safe(certificate)
     certificate["certificate_id"] = certificate_digest(certificate)[:16]
     certificate["wall_time_s"] = time.perf_counter() - started
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "certificate.json"
-    report_path = out / "report.html"
-    certificate["files"] = {"certificate": str(json_path), "report": str(report_path)}
-    json_path.write_text(json.dumps(certificate, indent=2), encoding="utf-8")
-    write_report(certificate, report_path)
     return certificate
 
 

@@ -36,9 +36,9 @@ import gymnasium as gym
 import numpy as np
 
 from safetybed.control.base import Controller
-from safetybed.runner.episode import EpisodeRecord, _to_builtin
 from safetybed.runner.seeding import episode_seed
 from safetybed.sims.framestack import raw_space
+from safetybed.sims.rollout import EpisodeRecord, _to_builtin
 from safetybed.spec import ScenarioSpec
 
 #: Spawn key of :class:`SmoothedController`'s noise generator; ``BundleController`` uses the same one, so a
@@ -165,7 +165,7 @@ class _EnvFactory:
 
 
 class _Episode:
-    """The bookkeeping of :func:`safetybed.runner.episode.rollout` for one running episode."""
+    """The bookkeeping of :func:`safetybed.sims.rollout.rollout` for one running episode."""
 
     def __init__(self, index: int, seed: int):
         self.index, self.seed = index, seed

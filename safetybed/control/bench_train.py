@@ -34,12 +34,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from safetybed.catalogue import load_scenario_arg
 from safetybed.control.algorithms import dsac_t, sac
 from safetybed.control.algorithms.replay import ReplayBuffer
 from safetybed.control.training import TrainSetup, resolve_device
 from safetybed.sims import make_env
 from safetybed.spec import ScenarioSpec
+from safetybed.spec.catalogue import load_scenario_arg
 from safetybed.spec.controller import NetworkSpec
 
 DEFAULT_TASKS = ("classic/pendulum", "bullet/reach")

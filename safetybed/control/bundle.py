@@ -205,7 +205,7 @@ def _resolve_scenario(scenario: ScenarioSpec | str | None, checkpoint_manifest: 
     """The given scenario, else the one the checkpoint's manifest records (if it is in the catalogue)."""
     if isinstance(scenario, ScenarioSpec):
         return scenario
-    from safetybed.catalogue import load_scenario_arg
+    from safetybed.spec.catalogue import load_scenario_arg
 
     if scenario is not None:
         return load_scenario_arg(scenario)[0]

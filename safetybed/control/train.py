@@ -9,12 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safetybed.catalogue import load_scenario_arg
-from safetybed.control.algorithms import algorithm_module
+from safetybed.control.algorithms import algorithm_module, check_hyper
 from safetybed.control.checkpoint import save_checkpoint
 from safetybed.control.training import CSVLogger, TrainSetup, resolve_device
 from safetybed.errors import InputError
-from safetybed.spec.controller import check_hyper, load_controller_spec
+from safetybed.spec.catalogue import load_scenario_arg
+from safetybed.spec.controller import load_controller_spec
 
 
 def train_from_spec(spec_path: str | Path, *, steps: int | None = None, device: str | None = None,

@@ -162,7 +162,7 @@ class TrainSetup:
     # -- evaluation / progress -------------------------------------------------------------------------------
     def evaluate(self, policy: Policy, obs_norm: ObsNormalizer, *, episodes: int | None = None) -> dict[str, float]:
         """Mean and std of the deterministic policy's return over seeded evaluation episodes."""
-        from safetybed.runner.episode import rollout
+        from safetybed.sims.rollout import rollout
 
         env = make_env(self.scenario)
         controller = PolicyController(policy, obs_norm, observation_space=env.observation_space,

@@ -81,7 +81,7 @@ def train_testbed_d2rl(tables: CutInTables, *, seed: np.random.SeedSequence, beh
                        iterations: int, progress=None):
     """NADE behaviour tests, then PPO on their crash episodes; returns (policy, info, behaviour tests run)."""
     from safetybed.evaluate.d2rl import D2RLConfig, train_d2rl
-    from safetybed.evaluate.nade import NadeProposal
+    from safetybed.sims.testing.nade import NadeProposal
 
     behaviour_stream, train_stream = seed.spawn(2)
     behaviour = tables.run(behaviour_tests, rng=np.random.default_rng(behaviour_stream),
@@ -99,7 +99,7 @@ def run_testbed_method(tables: CutInTables, method: str, *, tests: int, seed: in
                        d2rl_behaviour_tests: int = 20_000, d2rl_iterations: int = 40, adate_batches: int = 5,
                        progress=None) -> MethodRun:
     """Run ``tests`` tests of ``method`` on the testbed and estimate the crash probability."""
-    from safetybed.evaluate.nade import NadeProposal
+    from safetybed.sims.testing.nade import NadeProposal
 
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
@@ -112,7 +112,7 @@ def run_testbed_method(tables: CutInTables, method: str, *, tests: int, seed: in
     elif method in ("nade", "scv"):
         batch = tables.run(tests, rng=test_rng, table=tables.tabulate(NadeProposal()))
     elif method == "d2rl":
-        from safetybed.evaluate.d2rl import D2RLProposal
+        from safetybed.sims.testing.d2rl_proposal import D2RLProposal
 
         policy, info, training = train_testbed_d2rl(tables, seed=streams[1], behaviour_tests=d2rl_behaviour_tests,
                                                     iterations=d2rl_iterations, progress=progress)
@@ -176,7 +176,7 @@ def coverage_study(tables: CutInTables, *, methods: list[str], repetitions: int,
         for rep in range(repetitions):
             rep_seed = int(rep_seeds[rep].generate_state(1)[0])
             if policy is not None:
-                from safetybed.evaluate.d2rl import D2RLProposal
+                from safetybed.sims.testing.d2rl_proposal import D2RLProposal
 
                 batch = tables.run(tests[method], rng=np.random.default_rng(rep_seed),
                                    table=tables.tabulate(D2RLProposal(policy=policy)))

@@ -71,8 +71,9 @@ def first_test_count(method: str, *, tests: int | None, max_tests: int | None, d
 def evaluate_testbed(scenario: str, *, controller: str, methods: list[str], tests: int | None = None,
                      seed: int = 0, confidence: float = 0.9, until_rhw: float | None = None,
                      max_tests: int | None = None, coverage: int = 0, target_rhw: float = 0.3,
-                     bootstrap_resamples: int = 200, out_dir: Path | None = None, progress=None) -> dict[str, Any]:
-    """Evaluate ``methods`` on the testbed; returns the report document (and writes it when ``out_dir``)."""
+                     bootstrap_resamples: int = 200, progress=None) -> dict[str, Any]:
+    """Evaluate ``methods`` on the testbed; returns the report document
+    (:func:`safetybed.report.evaluation.write_evaluation` writes it)."""
     from safetybed.evaluate.methods import coverage_study, run_testbed_method
     from safetybed.evaluate.testbed import CutInTestbed
 
@@ -133,16 +134,12 @@ def evaluate_testbed(scenario: str, *, controller: str, methods: list[str], test
         document["coverage"] = [row.to_json(exact) for row in rows]
         document["coverage_goal"] = 0.85
     document["wall_time_s"] = time.perf_counter() - started
-    if out_dir is not None:
-        from safetybed.report.evaluation import write_evaluation
-
-        document["files"] = write_evaluation(document, out_dir)
     return document
 
 
 #: Default tests per method on a highway scenario (crude MC's tests needed are extrapolated from its variance).
 HIGHWAY_DEFAULT_TESTS = {"crude": 1000, "nade": 400, "scv": 400, "d2rl": 400, "adate": 400}
-#: Column of the highway tester's features holding log10(W so far) / 10 (safetybed.evaluate.highway.FEATURE_NAMES).
+#: Column of the highway tester's features holding log10(W so far) / 10 (safetybed.sims.testing.tester.FEATURE_NAMES).
 HIGHWAY_LOG_WEIGHT_FEATURE = 4
 HIGHWAY_LOG_WEIGHT_SCALE = 10.0 * float(np.log(10.0))
 
@@ -162,12 +159,12 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
     :class:`~safetybed.errors.IncompleteRunError` unless ``allow_partial`` (the document then lists the
     incomplete runs under ``partial_runs``).
     """
-    from safetybed.catalogue import load_scenario_arg
     from safetybed.errors import IncompleteRunError
     from safetybed.evaluate.estimators import crude_estimate, nade_estimate, scv_estimate
     from safetybed.evaluate.highway import SUPPORTED_TASKS, critical_logs_from_run, records_from_logs
     from safetybed.evaluate.methods import SCV_VARIANTS
     from safetybed.runner import RunStore, start_run
+    from safetybed.spec.catalogue import load_scenario_arg
     from safetybed.spec.scenario import TestingSpec
 
     spec, path = load_scenario_arg(scenario)
@@ -282,18 +279,12 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
         "scenario": str(path), "scenario_name": spec.name, "controller": controller, "seed": seed,
         "confidence": confidence, "target_rhw": target_rhw, "methods": entries, "runs": run_ids,
         "store": str(store_path), "testing": base.model_dump(), "package_version": __version__,
+        "out_dir": str(folder),
         "wall_time_s": time.perf_counter() - started,
     }
     if partial_runs:
         document["partial_runs"] = partial_runs
-    document["files"] = _write(document, folder)
     return document
-
-
-def _write(document: dict[str, Any], folder: Path) -> dict[str, str]:
-    from safetybed.report.evaluation import write_evaluation
-
-    return write_evaluation(document, folder)
 
 
 def _safe(estimator, records, **options):
@@ -311,9 +302,10 @@ def _highway_d2rl(*, run, count, chunk_seed, nade_runs, folder, epsilon, surroga
     """D2RL on a highway scenario: crash tests of NADE (behaviour) -> PPO -> a run under the trained policy."""
     import math
 
-    from safetybed.evaluate.d2rl import CrashEpisode, D2RLConfig, save_policy, train_d2rl
+    from safetybed.evaluate.d2rl import CrashEpisode, D2RLConfig, train_d2rl
     from safetybed.evaluate.estimators import nade_estimate
-    from safetybed.evaluate.nade import NadeProposal
+    from safetybed.sims.testing.d2rl_proposal import save_policy
+    from safetybed.sims.testing.nade import NadeProposal
 
     behaviour_runs = list(nade_runs)
     if not behaviour_runs:
@@ -347,9 +339,10 @@ def _highway_adate(*, run, count, chunk_seed, folder, epsilon, batches, confiden
     """AdaTE on a highway scenario: :func:`~safetybed.evaluate.adate.run_adate` with each batch a stored run."""
     from dataclasses import replace
 
-    from safetybed.evaluate.adate import StepLog, batch_sizes, run_adate, save_proposal
+    from safetybed.evaluate.adate import StepLog, batch_sizes, run_adate
     from safetybed.evaluate.estimators import nade_estimate
-    from safetybed.evaluate.lookahead import DEFAULT_SURROGATES
+    from safetybed.sims.testing.adate_proposal import save_proposal
+    from safetybed.sims.testing.lookahead import DEFAULT_SURROGATES
 
     all_records, batch_runs = [], []
 

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from safetybed.evaluate.critical import CriticalContext, Proposal
 from safetybed.evaluate.records import TestRecord
+from safetybed.sims.testing.critical import CriticalContext, Proposal
 
 ACCEL_GRID_MPS2 = np.round(np.linspace(-4.0, 2.0, 31), 10)  #: NADE's acceleration grid [m/s^2]
 CRITICAL_SETS = ("adaptive", "fixed")  #: see the module docstring

@@ -16,31 +16,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-#: Certified expected return of the CartPole-v0 5-frame-stack agents re-run by ReCePS (policy-smoothing
-#: scripts, n = 10,000 clean episodes, integer Clopper-Pearson estimator at alpha = 0.05), recomputed from the
-#: P[R > i] arrays printed in ``mrh996/ReCePS/test_plot.ipynb``: ``shared/research/policy_smoothing.md`` §1(d),
-#: table 1. Not the paper's own checkpoints (its figure values could not be retrieved).
-PUBLISHED_CARTPOLE = {
-    0.2: {"clean": 197.9, "budgets": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0],
-          "certified": [197.4, 193.4, 185.3, 171.1, 149.3, 119.9, 86.0, 28.1, 4.4]},
-    0.4: {"clean": 145.8, "budgets": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0],
-          "certified": [143.5, 131.6, 119.2, 106.7, 94.5, 82.7, 71.4, 50.9, 33.6]},
-}
-PUBLISHED_SOURCE = ("published re-run: policy-smoothing CartPole-v0 agent, 5-frame stack, SB3 DQN, re-run by ReCePS "
-                    "(mrh996/ReCePS test_plot.ipynb), integer Clopper-Pearson estimator, n = 10,000, alpha = 0.05; "
-                    "research/policy_smoothing.md section 1(d)")
-
-
-def published_reference(simulator: str, task: str, sigma: float, quantity: str, episode_steps: int
-                        ) -> dict[str, Any] | None:
-    """The published re-run curve for the same setting (CartPole-200, expected return, same sigma), else ``None``."""
-    if simulator != "classic" or task != "cartpole" or quantity != "expected_return" or episode_steps != 200:
-        return None
-    for published_sigma, curve in PUBLISHED_CARTPOLE.items():
-        if math.isclose(sigma, published_sigma):
-            return {"sigma": published_sigma, **curve, "source": PUBLISHED_SOURCE}
-    return None
-
 
 # -- plots ----------------------------------------------------------------------------------------------------
 def _png_data_uri(figure: Any) -> str:
@@ -263,3 +238,25 @@ def write_report(certificate: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_certificate_html(certificate), encoding="utf-8")
     return path
+
+
+def write_certificate(certificate: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
+    """Write ``certificate.json`` and ``report.html`` into ``out_dir``; sets and returns ``certificate["files"]``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "certificate.json"
+    report_path = out / "report.html"
+    certificate["files"] = {"certificate": str(json_path), "report": str(report_path)}
+    json_path.write_text(json.dumps(certificate, indent=2), encoding="utf-8")
+    write_report(certificate, report_path)
+    return certificate["files"]
+
+
+def certify_to_folder(path: str | Path, *, out_dir: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """What ``safetybed certify`` does: :func:`~safetybed.certify.pipeline.certify_from_spec` with ``options``,
+    then :func:`write_certificate` into ``out_dir`` (default ``certificates/<spec name>``)."""
+    from safetybed.certify.pipeline import DEFAULT_OUT, certify_from_spec
+
+    certificate = certify_from_spec(path, **options)
+    write_certificate(certificate, out_dir if out_dir is not None else DEFAULT_OUT / certificate["name"])
+    return certificate

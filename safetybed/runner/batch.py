@@ -12,10 +12,11 @@ import numpy as np
 from scipy import stats
 
 from safetybed.errors import IncompleteRunError, InputError
-from safetybed.runner.episode import EpisodeRecord, EpisodeTask
+from safetybed.runner.episode import EpisodeTask
 from safetybed.runner.executors import EpisodeFailure, check_executor, execute
 from safetybed.runner.seeding import MAX_RUN_SEED
 from safetybed.runner.store import Completeness, RunStore
+from safetybed.sims.rollout import EpisodeRecord
 from safetybed.spec import ScenarioSpec
 
 ProgressCallback = Callable[[int, int], None]

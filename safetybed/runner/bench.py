@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safetybed.catalogue import load_scenario_arg
 from safetybed.runner.batch import start_run
 from safetybed.runner.store import RunStore
+from safetybed.spec.catalogue import load_scenario_arg
 
 #: The issue 11 scale check: 2,000 short episodes and 200 highway episodes.
 DEFAULT_WORKLOADS = (("classic/cartpole", "builtin:random", 2000), ("highway/cut_in", "builtin:idm", 200))

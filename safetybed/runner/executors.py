@@ -33,7 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from safetybed.errors import InputError
-from safetybed.runner.episode import EpisodeRecord, EpisodeTask, run_episode
+from safetybed.runner.episode import EpisodeTask, run_episode
+from safetybed.sims.rollout import EpisodeRecord
 
 EXECUTORS = ("local", "ray")
 

@@ -6,8 +6,8 @@ import csv
 from pathlib import Path
 
 from safetybed.errors import InputError
-from safetybed.runner.episode import EpisodeRecord
 from safetybed.runner.store import iter_rows
+from safetybed.sims.rollout import EpisodeRecord
 
 FORMATS = ("csv", "parquet")
 

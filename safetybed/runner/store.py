@@ -11,6 +11,9 @@ the missing ones. Tables::
     steps(run_id, idx, t, data JSON)                                         PK (run_id, idx, t)
     decisions(run_id, idx, k, data JSON)                                     PK (run_id, idx, k)
     failures(run_id, idx, kind, error, detail, submissions)                  PK (run_id, idx)
+    run_weights(run_id PK, weights_sha256)   the controller weights a run was played with (the runner stores
+                                             the controller *reference*; certification must not reuse a run
+                                             played before the weights were retrained)
 
 A run's ``status`` is ``running`` while episodes execute, ``complete`` only when :meth:`RunStore.completeness`
 finds every planned index ``0..episodes-1`` stored exactly once, and ``partial`` otherwise (some episodes
@@ -32,8 +35,8 @@ from typing import Any
 
 from safetybed import __version__
 from safetybed.errors import InputError
-from safetybed.runner.episode import EpisodeRecord
 from safetybed.runner.executors import EpisodeFailure
+from safetybed.sims.rollout import EpisodeRecord
 
 DEFAULT_STORE = Path("runs") / "safetybed.sqlite"
 
@@ -77,6 +80,9 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS decisions (
     run_id TEXT NOT NULL, idx INTEGER NOT NULL, k INTEGER NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (run_id, idx, k)
+);
+CREATE TABLE IF NOT EXISTS run_weights (
+    run_id TEXT PRIMARY KEY REFERENCES runs(run_id), weights_sha256 TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS failures (
     run_id TEXT NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, error TEXT NOT NULL, detail TEXT NOT NULL,
@@ -228,6 +234,21 @@ class RunStore:
             done = data.pop("done")
             result.append((RunInfo(**data), done))
         return result
+
+    def record_weights(self, run_id: str, weights_sha256: str) -> None:
+        """Remember the sha256 of the controller weights ``run_id`` is played with."""
+        with self._transaction():
+            self.conn.execute("INSERT OR REPLACE INTO run_weights VALUES (?, ?)", (run_id, weights_sha256))
+
+    def run_weights(self) -> dict[str, str]:
+        """run id -> weights sha256, for the runs whose weights were recorded."""
+        rows = self.conn.execute("SELECT run_id, weights_sha256 FROM run_weights").fetchall()
+        played_with = {row[0]: row[1] for row in rows}
+        # Stores written before this table existed kept the same data in certify's own table.
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'certify_runs'").fetchone():
+            for run_id, sha in self.conn.execute("SELECT run_id, weights_sha256 FROM certify_runs"):
+                played_with.setdefault(run_id, sha)
+        return played_with
 
     def mark_status(self, run_id: str, status: str) -> None:
         if status not in RUN_STATUSES:

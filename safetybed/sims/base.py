@@ -158,7 +158,7 @@ def make_env(spec: ScenarioSpec) -> gym.Env:
     """Build the perturbed environment for a validated scenario spec.
 
     With ``[testing] method = "nade"`` the highway adapter is wrapped in
-    :class:`safetybed.evaluate.highway.HighwayTester` (innermost), which logs its critical steps in
+    :class:`safetybed.sims.testing.tester.HighwayTester` (innermost), which logs its critical steps in
     ``info["decisions"]``.
     """
     if spec.simulator == "highway":
@@ -173,7 +173,7 @@ def make_env(spec: ScenarioSpec) -> gym.Env:
     if spec.testing is not None and spec.testing.method != "nde":
         # Importance-sampled background traffic (Feng et al. 2021, NADE). The tester wraps the adapter itself, inside
         # the perturbations, so the action it sees is the ego's applied command (after any action delay).
-        from safetybed.evaluate.highway import make_tester
+        from safetybed.sims.testing.tester import make_tester
 
         env = make_tester(env, spec.testing)
     return apply_perturbations(env, spec)

@@ -15,8 +15,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from safetybed.catalogue import list_scenarios, load_scenario_arg
 from safetybed.sims import make_env
+from safetybed.spec.catalogue import list_scenarios, load_scenario_arg
 
 # Stock environment each family is compared with (same simulator, defaults of that package).
 BASELINES = {

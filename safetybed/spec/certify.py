@@ -113,7 +113,7 @@ class LoadedCertifySpec:
 
 
 def _resolve(spec_path: Path, ref: str, kind: str, field: str) -> Path:
-    from safetybed.catalogue import catalogue_dirs
+    from safetybed.spec.catalogue import catalogue_dirs
 
     relative = spec_path.parent / ref
     if relative.suffix == ".toml" and relative.is_file():

@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from safetybed.errors import SpecError
 from safetybed.spec.base import StrictModel, read_toml_file
 from safetybed.spec.scenario import format_validation_error
 
@@ -91,21 +90,4 @@ def load_controller_spec(path: str | Path) -> LoadedControllerSpec:
         spec = ControllerSpec.model_validate(data)
     except ValidationError as error:
         raise format_validation_error(path, error) from None
-    check_hyper(spec, source=path)
     return LoadedControllerSpec(spec=spec, path=path)
-
-
-def check_hyper(spec: ControllerSpec, *, source: Path | str) -> Any:
-    """Build the algorithm's frozen Config from ``[hyper]``; unknown keys and bad values are SpecErrors."""
-    from safetybed.control.algorithms import algorithm_config_class
-
-    config_cls = algorithm_config_class(spec.algorithm)
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    for key in spec.hyper:
-        if key not in names:
-            raise SpecError(source, f"hyper.{key}", f"unknown key for algorithm {spec.algorithm!r}; expected one "
-                                                     f"of {', '.join(sorted(names))}")
-    try:
-        return config_cls(**spec.hyper)
-    except (TypeError, ValueError) as error:
-        raise SpecError(source, "hyper", str(error)) from None

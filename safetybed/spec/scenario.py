@@ -83,10 +83,10 @@ class TestingSpec(StrictModel):
     epsilon: float = Field(0.1, gt=0, le=1)
     lookahead_s: float = Field(2.0, gt=0, le=10)
     criticality_threshold: float = Field(0.0, ge=0, lt=1)
-    # Row of safetybed.evaluate.lookahead.DEFAULT_SURROGATES (3 surrogates; tests check the bound stays in sync).
+    # Row of safetybed.sims.testing.lookahead.DEFAULT_SURROGATES (3 surrogates; tests check the bound stays in sync).
     surrogate: int = Field(0, ge=0, le=2)
-    # d2rl: a policy written by safetybed.evaluate.d2rl.save_policy (safetensors); adate: a proposal written by
-    # safetybed.evaluate.adate.save_proposal (JSON). Relative paths are resolved against the working directory.
+    # d2rl: a policy written by safetybed.sims.testing.d2rl_proposal.save_policy (safetensors); adate: a proposal written by
+    # safetybed.sims.testing.adate_proposal.save_proposal (JSON). Relative paths are resolved against the working directory.
     proposal_file: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from safetybed.evaluate.critical import CriticalContext, Decision
+from safetybed.sims.testing.critical import CriticalContext, Decision
 
 DEFAULT_EPSILON = 0.1  #: NADE's defensive weight (config/configs.yml)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from safetybed.errors import SpecError
-from safetybed.spec import ScenarioSpec, load_scenario
+from safetybed.spec.scenario import ScenarioSpec, load_scenario
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def catalogue_dirs(kind: str = "scenarios") -> list[Path]:

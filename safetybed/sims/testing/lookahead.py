@@ -23,7 +23,7 @@ Then, with the ego's lane ``E``:
 * every other case (the BV ends outside ``E``) has challenge 0.
 
 A crash is a bumper gap <= 0 at any step of the horizon. The surrogates are deterministic, so the challenge is 0
-or 1 and NADE's ``P_SM(AV action | s)`` is 1 (folded into the challenge, see :mod:`safetybed.evaluate.nade`).
+or 1 and NADE's ``P_SM(AV action | s)`` is 1 (folded into the challenge, see :mod:`safetybed.sims.testing.nade`).
 The look-ahead is pairwise (ego and one BV): other vehicles are ignored, as in NADE's per-vehicle decomposition.
 
 References: Feng, Yan, Sun, Feng & Liu (2021), *Nat. Commun.* 12:748 (NADE); Feng et al. (2023), *Nature* 615:620
