@@ -629,8 +629,7 @@ def quickstart(
                   f"(alpha = {certificate['alpha']:g}); report {certificate['files']['report']}")
         evaluation = result["evaluation"]
         estimates = "; ".join(f"{row['method']} {row['estimate']:.3g} (RHW {row['rhw']:.2f}, {row['n']} tests)"
-                              + (" - biased here by its own check, use scv-martingale"
-                                 if row.get("biased_by_own_check") else "")
+                              + (f" - {row['caveat']}" if row.get("caveat") else "")
                               for row in evaluation["methods"] if row["rhw"] is not None)
         out.print(f"crash-rate evaluation on {evaluation['scenario']} (exact "
                   f"{evaluation['exact_crash_probability']:.3g}): {estimates}; report {evaluation['files']['html']}",

@@ -67,8 +67,7 @@ def run_quickstart(*, out_dir: Path, episodes: int, workers: int, on_summary: Ca
               "evaluation": {"scenario": scenario, "exact_crash_probability": evaluation["exact_crash_probability"],
                              "files": evaluation["files"],
                              "methods": [{key: entry.get(key) for key in ("method", "estimate", "ci", "rhw", "n",
-                                                                          "n_crashes", "tests_needed", "caveat",
-                                                                          "biased_by_own_check")}
+                                                                          "n_crashes", "tests_needed", "caveat")}
                                          for entry in evaluation["methods"]]},
               "certificate": {key: certificate[key] for key in ("certificate_id", "name", "sigma", "alpha", "method",
                                                                  "certified", "files")}

@@ -39,8 +39,6 @@ def method_entry(result: EstimateResult, *, tests: int, training_tests: int = 0,
     entry["tests_to_target"] = tests_to_rhw(values, target=target, confidence=result.confidence)
     if result.details.get("caveat"):  # the estimator's own warning (scv_estimate writes them)
         entry["caveat"] = result.details["caveat"]
-    if "stratum_means_nonzero" in result.details:
-        entry["biased_by_own_check"] = bool(result.details["stratum_means_nonzero"])
     if result.n_crashes > 0 and bootstrap_resamples > 0:
         boot = bootstrap_tests_to_rhw(values, target=target, resamples=bootstrap_resamples, seed=seed,
                                       confidence=result.confidence)
