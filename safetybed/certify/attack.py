@@ -74,6 +74,7 @@ import torch
 
 from safetybed.control.networks import ObsNormalizer, Policy
 from safetybed.runner.seeding import episode_seed, episode_sequence
+from safetybed.sims.framestack import push_frame
 from safetybed.spec import ScenarioSpec
 
 SpendRule = Literal["flip", "fraction"]
@@ -167,11 +168,11 @@ class _StepContext:
         frame = obs[:, None, :] + self.noise  # (A, K, d): one noise draw per raw frame
         if self.frames == 1:
             return frame.reshape(-1, dim)
-        if self.past is None:
-            stacked = frame[:, :, None, :].expand(rows, samples, self.frames, dim)
-        else:
-            past = self.past[:, None, :, :].expand(rows, samples, self.frames - 1, dim)
-            stacked = torch.cat([past, frame[:, :, None, :]], dim=2)
+        # The past frames are shared by the K draws: a history of (A, K, frames, d) with one slot still to shift
+        # out, so that push_frame (the rollouts' stacking rule) drops it and appends the current frame.
+        history = None if self.past is None else torch.cat(
+            [self.past[:, :1, :], self.past], dim=1)[:, None, :, :].expand(rows, samples, self.frames, dim)
+        stacked = push_frame(history, frame, frames=self.frames)
         return stacked.reshape(rows * samples, self.frames * dim)
 
 
@@ -489,10 +490,7 @@ def attack_episodes(*, policy: Policy, obs_norm: ObsNormalizer, scenario: Scenar
                              for k, i in enumerate(rows)])
         else:
             seen = perturbed
-        if first_step:  # FrameStack semantics: the first frame fills every slot
-            histories[rows] = seen[:, None, :]
-        else:
-            histories[rows] = np.concatenate([histories[rows, 1:, :], seen[:, None, :]], axis=1)
+        histories[rows] = push_frame(None if first_step else histories[rows], seen, frames=frame_stack)
         first_step = False
         with torch.no_grad():
             stacked = torch.as_tensor(histories[rows].reshape(rows.size, -1), dtype=torch.float32)

@@ -21,6 +21,29 @@ import gymnasium as gym
 import numpy as np
 
 
+def push_frame(history: Any, frame: Any, *, frames: int) -> Any:
+    """The stack after ``frame`` arrives: ``history`` ``(..., frames, d)`` (or ``None`` before the first frame)
+    and ``frame`` ``(..., d)`` give ``(..., frames, d)``, oldest first; the first frame fills every slot.
+
+    The one stacking rule of the project: numpy arrays (the :class:`FrameStack` wrapper, the attack's record of
+    what the controller saw) and torch tensors (the attack's differentiable search, leading batch dimensions
+    broadcast) go through the same code.
+    """
+    if _is_torch(frame):
+        import torch
+
+        if history is None:
+            return frame[..., None, :].expand(*frame.shape[:-1], frames, frame.shape[-1])
+        return torch.cat([history[..., 1:, :], frame[..., None, :]], dim=-2)
+    if history is None:
+        return np.repeat(frame[..., None, :], frames, axis=-2)
+    return np.concatenate([history[..., 1:, :], frame[..., None, :]], axis=-2)
+
+
+def _is_torch(value: Any) -> bool:
+    return type(value).__module__.startswith("torch")
+
+
 def stacked_space(space: gym.spaces.Box, frames: int) -> gym.spaces.Box:
     """The flat ``Box`` of ``frames`` stacked copies of the flat ``space`` (bounds tiled, float32)."""
     if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
@@ -60,9 +83,5 @@ class FrameStack(gym.ObservationWrapper):
         return super().reset(seed=seed, options=options)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
-        frame = np.asarray(observation, dtype=np.float32)
-        if self._history is None:
-            self._history = np.tile(frame, (self.frames, 1))
-        else:
-            self._history = np.concatenate([self._history[1:], frame[None]], axis=0)
+        self._history = push_frame(self._history, np.asarray(observation, dtype=np.float32), frames=self.frames)
         return self._history.reshape(-1).copy()
