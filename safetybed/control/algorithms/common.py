@@ -1,20 +1,58 @@
-"""Small helpers shared by the off-policy algorithms (DSAC-T, SAC): config checks, seeded init, Polyak, freezing."""
+"""Small helpers shared by the training algorithms: config checks, the final evaluation, seeded init,
+Polyak averaging, freezing."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from safetybed.control.networks import ObsNormalizer, Policy
+    from safetybed.control.training import TrainResult, TrainSetup
 
+
+# -- config checks (for ``Config.__post_init__``) ----------------------------------------------------------------
 def require(name: str, value: object, ok: bool, expected: str) -> None:
+    """Raise ``ValueError("<name>: expected <expected>, got <value!r>")`` unless ``ok``."""
     if not ok:
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
+def require_integers(config: Any, names: Iterable[str], *, minimum: int = 1) -> None:
+    """Each field is an ``int`` (not a ``bool``) of at least ``minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        require(name, value, isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+                f"an integer >= {minimum}")
+
+
+def require_positive(config: Any, names: Iterable[str]) -> None:
+    """Each field is ``> 0``."""
+    for name in names:
+        require(name, getattr(config, name), getattr(config, name) > 0, "> 0")
+
+
+def require_flags(config: Any, names: Iterable[str]) -> None:
+    """Each field is a ``bool``."""
+    for name in names:
+        require(name, getattr(config, name), isinstance(getattr(config, name), bool), "true or false")
+
+
+# -- the end of a training loop ---------------------------------------------------------------------------------
+def finish(setup: TrainSetup, policy: Policy, obs_norm: ObsNormalizer, *, env_steps: int, updates: int,
+           extra: dict[str, torch.Tensor]) -> TrainResult:
+    """Evaluate the final policy (unless the last periodic evaluation was at ``env_steps``) and return the result."""
+    if not setup.evaluations or setup.evaluations[-1]["env_steps"] != env_steps:
+        setup.maybe_evaluate(env_steps, policy, obs_norm, extra=extra, force=True)
+    return setup.result(policy, obs_norm, env_steps=env_steps, updates=updates)
+
+
+# -- networks ---------------------------------------------------------------------------------------------------
 def init_linear_(module: nn.Module, *, generator: torch.Generator) -> nn.Module:
     """Redraw every ``nn.Linear`` with PyTorch's default scheme, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
     from ``generator`` instead of the global RNG."""

@@ -36,18 +36,21 @@ Choices the paper leaves open (documented so they can be revisited):
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from safetybed.control.algorithms.common import build_module as _build
-from safetybed.control.algorithms.common import frozen, polyak_
-from safetybed.control.algorithms.common import require as _require
-from safetybed.control.algorithms.offpolicy import train_off_policy
+from safetybed.control.algorithms.common import (
+    polyak_,
+    require,
+    require_flags,
+    require_integers,
+    require_positive,
+)
+from safetybed.control.algorithms.offpolicy import SoftActorCritic, check_soft_actor_critic, train_off_policy
 from safetybed.control.algorithms.replay import Batch
-from safetybed.control.networks import Policy, PolicyArch, QNetwork
+from safetybed.control.networks import PolicyArch
 from safetybed.control.training import TrainResult, TrainSetup
 
 #: Names of the terms ``update`` returns (see its docstring for when each is present).
@@ -112,73 +115,33 @@ class Config:
     the actor loss freezes the critics); see ``safetybed bench train --compile``."""
 
     def __post_init__(self) -> None:
-        positive = ("critic_learning_rate", "actor_learning_rate", "alpha_learning_rate", "epsilon", "clip_xi",
-                    "z_clamp", "reward_scale")
-        for name in positive:
-            _require(name, getattr(self, name), getattr(self, name) > 0, "> 0")
-        _require("gamma", self.gamma, 0 <= self.gamma <= 1, "in [0, 1]")
-        for name in ("tau", "tau_b"):
-            _require(name, getattr(self, name), 0 < getattr(self, name) <= 1, "in (0, 1]")
-        for name in ("delay_update", "batch_size", "buffer_size", "env_steps_per_round", "updates_per_round"):
-            value = getattr(self, name)
-            _require(name, value, isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                     "an integer >= 1")
-        _require("learning_starts", self.learning_starts,
-                 isinstance(self.learning_starts, int) and self.learning_starts >= 0, "an integer >= 0")
-        _require("init_log_alpha", self.init_log_alpha, math.isfinite(self.init_log_alpha), "finite")
-        for name in ("auto_alpha", "compile"):
-            _require(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
-        if self.target_entropy is not None:
-            _require("target_entropy", self.target_entropy, math.isfinite(self.target_entropy),
-                     "finite or None")
-        _require("log_std_max", self.log_std_max, self.log_std_min < self.log_std_max,
-                 f"> log_std_min ({self.log_std_min})")
+        check_soft_actor_critic(self)
+        require_positive(self, ("epsilon", "clip_xi", "z_clamp"))
+        require("tau_b", self.tau_b, 0 < self.tau_b <= 1, "in (0, 1]")
+        require_integers(self, ("delay_update",))
+        require_flags(self, ("compile",))
 
 
 # -- the agent -------------------------------------------------------------------------------------------------
-class DSACT:
+class DSACT(SoftActorCritic):
     """Actor, twin distributional critics, their targets, a target policy and the temperature.
 
-    Args:
-        arch: the policy architecture (``tanh_gaussian``); the critics use its ``hidden`` and ``activation``.
-        config: hyper-parameters.
-        device: where the networks live.
-        generator: a ``torch.Generator`` on ``device`` for every draw during updates (policy noise, ``z_hat``).
-        init_generator: a CPU ``torch.Generator`` the initial weights are drawn from.
+    The delayed updates (actor, temperature, targets) run when ``iteration % delay_update == 0``.
+
+    Args: as :class:`~safetybed.control.algorithms.offpolicy.SoftActorCritic`; ``generator`` draws the
+    policy noise and ``z_hat``.
     """
+
+    #: Each critic outputs [mean, raw std] (Duan et al. 2025, §2.1 of the research note).
+    critic_outputs = 2
 
     def __init__(self, arch: PolicyArch, config: Config, *, device: torch.device, generator: torch.Generator,
                  init_generator: torch.Generator):
-        if arch.kind != "tanh_gaussian":
-            raise ValueError(f"arch.kind: expected 'tanh_gaussian', got {arch.kind!r}")
-        self.config = config
-        self.device = torch.device(device)
-        self.generator = generator
-        self.actor: Policy = _build(lambda: Policy(arch), device=self.device, generator=init_generator)
-
-        def critic() -> QNetwork:  # outputs [mean, raw std] (Duan et al. 2025, §2.1 of the research note)
-            return QNetwork(arch.obs_dim, arch.act_dim, hidden=arch.hidden, activation=arch.activation, outputs=2)
-
-        self.critic1 = _build(critic, device=self.device, generator=init_generator)
-        self.critic2 = _build(critic, device=self.device, generator=init_generator)
+        super().__init__(arch, config, device=device, generator=generator, init_generator=init_generator)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic1_target = copy.deepcopy(self.critic1).requires_grad_(False)
-        self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
-        self.log_alpha = torch.tensor(float(config.init_log_alpha), device=self.device,
-                                      requires_grad=config.auto_alpha)
-        self.target_entropy = (-float(arch.act_dim) if config.target_entropy is None
-                               else float(config.target_entropy))
-        # One Adam over both critics equals one Adam each (Adam is per-parameter), as in the official code.
-        self.critic_optimizer = torch.optim.Adam([*self.critic1.parameters(), *self.critic2.parameters()],
-                                                 lr=config.critic_learning_rate)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_learning_rate)
-        self.alpha_optimizer = (torch.optim.Adam([self.log_alpha], lr=config.alpha_learning_rate)
-                                if config.auto_alpha else None)
         #: b_bar_1, b_bar_2: moving averages of each critic's batch-mean sigma; set by the first batch.
         self.b_bar = torch.zeros(2, device=self.device)
         self.b_bar_initialised = False
-        #: Critic updates done so far; the delayed updates run when ``iteration % delay_update == 0``.
-        self.iteration = 0
         self.compile_note: str | None = None
         self._critics = {"critic1": self.critic1, "critic2": self.critic2,
                          "critic1_target": self.critic1_target, "critic2_target": self.critic2_target}
@@ -208,9 +171,8 @@ class DSACT:
         out = self._critics[name](obs, action)
         return out[..., 0], F.softplus(out[..., 1])
 
-    @property
-    def alpha(self) -> torch.Tensor:
-        return self.log_alpha.detach().exp()
+    def critic_means(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._critics["critic1"](obs, action)[..., 0], self._critics["critic2"](obs, action)[..., 0]
 
     # -- losses ------------------------------------------------------------------------------------------------
     def critic_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -279,19 +241,6 @@ class DSACT:
         # omega = b_bar^2 + eps rescales the gradient so its size does not depend on the return's scale.
         return (b_bar.pow(2) + cfg.epsilon) * (-mean_weight * mean - std_weight * std).mean()
 
-    def actor_loss(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``E[alpha log pi(a~|s) - min_i Q_i(s, a~)]`` with the critics' means and frozen critics."""
-        action, log_prob = self.actor.sample(obs, generator=self.generator)
-        with frozen(self.critic1, self.critic2):
-            q_1, _ = self._distribution("critic1", obs, action)
-            q_2, _ = self._distribution("critic2", obs, action)
-        loss = (self.alpha * log_prob - torch.minimum(q_1, q_2)).mean()
-        return {"loss_actor": loss, "log_prob": log_prob.detach(), "entropy": -log_prob.detach().mean()}
-
-    def alpha_loss(self, log_prob: torch.Tensor) -> torch.Tensor:
-        """``-log alpha * E[log pi(a~|s) + target_entropy]`` (gradient reaches ``log alpha`` only)."""
-        return -(self.log_alpha * (log_prob.detach() + self.target_entropy).mean())
-
     # -- one iteration ----------------------------------------------------------------------------------------
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One DSAC-T iteration; returns detached loss terms.
@@ -307,18 +256,7 @@ class DSACT:
         self.critic_optimizer.step()
 
         if self.iteration % cfg.delay_update == 0:  # delayed policy / temperature / target updates
-            actor_terms = self.actor_loss(batch.obs)
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_terms["loss_actor"].backward()
-            self.actor_optimizer.step()
-            terms["loss_actor"] = actor_terms["loss_actor"]
-            terms["entropy"] = actor_terms["entropy"]
-            if self.alpha_optimizer is not None:
-                loss_alpha = self.alpha_loss(actor_terms["log_prob"])
-                self.alpha_optimizer.zero_grad(set_to_none=True)
-                loss_alpha.backward()
-                self.alpha_optimizer.step()
-                terms["loss_alpha"] = loss_alpha
+            terms.update(self.update_actor_and_alpha(batch.obs))  # on the freshly updated critics
             polyak_(self.critic1_target, self.critic1, cfg.tau)
             polyak_(self.critic2_target, self.critic2, cfg.tau)
             polyak_(self.actor_target, self.actor, cfg.tau)

@@ -20,22 +20,18 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from safetybed.control.algorithms.common import polyak_, require, require_flags, require_integers
+from safetybed.control.algorithms.offpolicy import train_off_policy
 from safetybed.control.algorithms.replay import Batch, ReplayBuffer
-from safetybed.control.networks import ObsNormalizer, Policy, QNetwork, ValueNetwork
+from safetybed.control.networks import Policy, QNetwork, ValueNetwork
 from safetybed.control.training import TrainResult, TrainSetup
-
-
-def _require(ok: bool, name: str, expected: str, given: Any) -> None:
-    if not ok:
-        raise ValueError(f"{name}: expected {expected}, got {given!r}")
 
 
 @dataclass(frozen=True)
@@ -66,20 +62,14 @@ class Config:
     """Act with the squashed mean after warm-up, as the official code does (``deterministic=True``)."""
 
     def __post_init__(self) -> None:
-        for name in ("buffer_size", "batch_size", "old_policy_interval"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
-                     "an integer >= 1", value)
-        _require(isinstance(self.learning_starts, int) and self.learning_starts >= 0, "learning_starts",
-                 "an integer >= 0", self.learning_starts)
-        _require(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
-        _require(0 < self.gamma <= 1, "gamma", "in (0, 1]", self.gamma)
-        _require(0 < self.tau <= 1, "tau", "in (0, 1]", self.tau)
-        _require(self.entropy_coef >= 0, "entropy_coef", ">= 0", self.entropy_coef)
-        _require(self.kl_coef >= 0, "kl_coef", ">= 0", self.kl_coef)
-        _require(self.regularization >= 0, "regularization", ">= 0", self.regularization)
-        _require(isinstance(self.deterministic_collection, bool), "deterministic_collection", "true or false",
-                 self.deterministic_collection)
+        require_integers(self, ("buffer_size", "batch_size", "old_policy_interval"))
+        require_integers(self, ("learning_starts",), minimum=0)
+        require("learning_rate", self.learning_rate, self.learning_rate > 0, "> 0")
+        require("gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]")
+        require("tau", self.tau, 0 < self.tau <= 1, "in (0, 1]")
+        for name in ("entropy_coef", "kl_coef", "regularization"):
+            require(name, getattr(self, name), getattr(self, name) >= 0, ">= 0")
+        require_flags(self, ("deterministic_collection",))
 
 
 def squashed_log_prob(policy: Policy, obs: torch.Tensor, pre_tanh: torch.Tensor) -> torch.Tensor:
@@ -103,9 +93,29 @@ class MDPOOff:
         self.value_parameters = [*q1.parameters(), *q2.parameters(), *value.parameters()]
         self.value_optimizer = torch.optim.Adam(self.value_parameters, lr=config.learning_rate)
 
+    @property
+    def actor(self) -> Policy:
+        """``policy`` (the name the off-policy loop uses)."""
+        return self.policy
+
     def sync_old_policy(self) -> None:
         """``pi_k <- pi_theta`` (the mirror-descent step boundary)."""
         self.old_policy.load_state_dict(self.policy.state_dict())
+
+    def explore(self, obs: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        """The squashed mean, as the official code collects (``deterministic=True``), or a policy sample."""
+        if self.config.deterministic_collection:
+            return self.policy(obs)
+        return self.policy.act_stochastic(obs, generator=generator)
+
+    def schedule(self, env_steps: int, new_steps: int, buffer: ReplayBuffer, learn: Callable[[], None]) -> None:
+        """The off-policy loop's schedule: per env step one gradient step (``train_freq`` = 1, once past
+        ``learning_starts`` and a batch is stored), then ``pi_k <- pi_theta`` every ``m`` env steps, as in the code."""
+        for step in range(env_steps - new_steps, env_steps):
+            if step >= self.config.learning_starts and buffer.size >= self.config.batch_size:
+                learn()
+            if step % self.config.old_policy_interval == 0:
+                self.sync_old_policy()
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Named loss terms (with graph); each one's gradient reaches only its own network."""
@@ -142,9 +152,7 @@ class MDPOOff:
         self.value_optimizer.zero_grad(set_to_none=True)
         (terms["loss_q1"] + terms["loss_q2"] + terms["loss_v"]).backward()
         self.value_optimizer.step()
-        with torch.no_grad():
-            for target, source in zip(self.target_value.parameters(), self.value.parameters(), strict=True):
-                target.lerp_(source, self.config.tau)
+        polyak_(self.target_value, self.value, self.config.tau)
         return {name: value.detach() for name, value in terms.items()}
 
 
@@ -166,42 +174,9 @@ def train(setup: TrainSetup, config: Config) -> TrainResult:
         _glorot_init_(network, setup.cpu_generator)
         network.to(setup.device)
     agent = MDPOOff(policy, q1, q2, value, config=config, generator=setup.generator)
-    obs_norm: ObsNormalizer = setup.obs_normalizer()
-    buffer = ReplayBuffer(capacity=config.buffer_size, obs_dim=arch.obs_dim, act_dim=arch.act_dim,
-                          device=setup.device)
-    action_space = setup.action_space  # a Box: policy_arch("tanh_gaussian") rejects Discrete spaces
-    env = setup.make_vec_env()
-    raw_obs = setup.reset_vec_env(env)
-    env_steps = updates = 0
-    terms: dict[str, torch.Tensor] = {}
-    while env_steps < setup.steps:
-        if env_steps < config.learning_starts:
-            actions = setup.rng.uniform(action_space.low, action_space.high,
-                                        size=(setup.envs, *action_space.shape)).astype(np.float32)
-        else:
-            with torch.no_grad():
-                obs = obs_norm(torch.as_tensor(raw_obs, dtype=torch.float32, device=setup.device))
-                chosen = (policy(obs) if config.deterministic_collection
-                          else policy.act_stochastic(obs, generator=setup.generator))
-            actions = chosen.cpu().numpy()
-        next_obs, rewards, terminated, truncated, info = env.step(actions)
-        true_next_obs = np.array(next_obs, dtype=np.float32, copy=True)
-        for i in np.flatnonzero(np.logical_or(terminated, truncated)):
-            true_next_obs[i] = info["final_obs"][i]
-        # Raw observations go into the buffer; batches are normalised with the current statistics.
-        buffer.add(raw_obs, actions, rewards, true_next_obs, terminated)
-        obs_norm.update(torch.as_tensor(raw_obs, dtype=torch.float32, device=setup.device))
-        raw_obs = next_obs
-        for _ in range(setup.envs):  # one gradient step per env step (``train_freq`` = 1), as in the code
-            if env_steps >= config.learning_starts and buffer.size >= config.batch_size:
-                batch = buffer.sample(config.batch_size, generator=setup.cpu_generator)
-                terms = agent.update(batch._replace(obs=obs_norm(batch.obs), next_obs=obs_norm(batch.next_obs)))
-                updates += 1
-            if env_steps % config.old_policy_interval == 0:
-                agent.sync_old_policy()
-            env_steps += 1
-        setup.maybe_evaluate(env_steps, policy, obs_norm, extra=terms)
-    env.close()
-    if not setup.evaluations or setup.evaluations[-1]["env_steps"] != env_steps:
-        setup.maybe_evaluate(env_steps, policy, obs_norm, extra=terms, force=True)
-    return setup.result(policy, obs_norm, env_steps=env_steps, updates=updates)
+    # Unlike DSAC-T / SAC, and kept so that seeded runs reproduce the weights of this file's former loop:
+    # all of buffer_size is allocated, replay indices come from the CPU generator, and the observation
+    # statistics take in each observation once it has been acted on.
+    return train_off_policy(setup, agent, arch=arch, config=config, loss_terms=(), schedule=agent.schedule,
+                            capacity=config.buffer_size, sample_generator=setup.cpu_generator,
+                            normalise_on_arrival=False)

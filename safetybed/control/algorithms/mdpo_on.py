@@ -14,30 +14,17 @@ minibatches of 128. Everything follows ``research/centaur_dsac.md`` §3.1 (the o
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
-from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from safetybed.control.algorithms.rollout import (
-    RewardScaler,
-    RolloutBatch,
-    RolloutBuffer,
-    action_distribution,
-    build_networks,
-    collect,
-)
+from safetybed.control.algorithms.common import require, require_flags, require_integers, require_positive
+from safetybed.control.algorithms.onpolicy import train_on_policy
+from safetybed.control.algorithms.rollout import RolloutBatch, action_distribution
 from safetybed.control.networks import Policy, ValueNetwork
 from safetybed.control.training import TrainResult, TrainSetup
-
-
-def _require(ok: bool, name: str, expected: str, given: Any) -> None:
-    if not ok:
-        raise ValueError(f"{name}: expected {expected}, got {given!r}")
 
 
 @dataclass(frozen=True)
@@ -68,18 +55,11 @@ class Config:
     """Scale rewards by a running std of the discounted return (the code's ``VecNormalize``)."""
 
     def __post_init__(self) -> None:
-        for name in ("n_steps", "policy_steps", "value_epochs", "value_batch_size"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
-                     "an integer >= 1", value)
-        _require(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
-        _require(self.adam_eps > 0, "adam_eps", "> 0", self.adam_eps)
-        _require(self.max_grad_norm > 0, "max_grad_norm", "> 0", self.max_grad_norm)
-        _require(0 < self.gamma <= 1, "gamma", "in (0, 1]", self.gamma)
-        _require(0 <= self.gae_lambda <= 1, "gae_lambda", "in [0, 1]", self.gae_lambda)
-        _require(self.clip_range_value > 0, "clip_range_value", "> 0", self.clip_range_value)
-        _require(isinstance(self.normalize_rewards, bool), "normalize_rewards", "true or false",
-                 self.normalize_rewards)
+        require_integers(self, ("n_steps", "policy_steps", "value_epochs", "value_batch_size"))
+        require_positive(self, ("learning_rate", "adam_eps", "max_grad_norm", "clip_range_value"))
+        require("gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]")
+        require("gae_lambda", self.gae_lambda, 0 <= self.gae_lambda <= 1, "in [0, 1]")
+        require_flags(self, ("normalize_rewards",))
 
 
 def step_size(k: int, iterations: int) -> float:
@@ -109,7 +89,10 @@ def kl_new_old(policy: Policy, old_policy: Policy, obs: torch.Tensor) -> torch.T
 
 
 class MDPOOn:
-    """On-policy MDPO: ``update`` runs one whole iteration (``m`` policy steps, value epochs, ``pi_k <- pi``)."""
+    """On-policy MDPO: ``update`` runs one whole iteration (``m`` policy steps, value epochs, ``pi_k <- pi``).
+
+    The rollout of each iteration comes from ``pi_k``: ``policy`` equals ``old_policy`` between updates.
+    """
 
     def __init__(self, policy: Policy, value: ValueNetwork, *, config: Config, iterations: int,
                  rng: np.random.Generator):
@@ -121,6 +104,8 @@ class MDPOOn:
         self.old_policy = copy.deepcopy(policy).requires_grad_(False)
         self.policy_optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
         self.value_optimizer = torch.optim.Adam(value.parameters(), lr=config.learning_rate)
+        #: Policy gradient steps taken so far (``m`` per iteration).
+        self.updates = 0
 
     @property
     def t_k(self) -> float:
@@ -167,39 +152,17 @@ class MDPOOn:
                 value_losses.append(loss_value.detach())
         self.old_policy.load_state_dict(self.policy.state_dict())
         self.k += 1
+        self.updates += self.config.policy_steps
         return {"loss_policy": terms["loss_policy"], "kl": terms["kl"],
                 "loss_value": torch.stack(value_losses).mean(), "t_k": torch.tensor(t_k), "entropy": entropy}
+
+    def learn(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
+        """The on-policy loop's hook: each rollout is one iteration, i.e. one ``update``."""
+        return self.update(rollout)
 
 
 def train(setup: TrainSetup, config: Config) -> TrainResult:
     """Train with on-policy MDPO in ``setup``'s scenario for at least ``setup.steps`` env steps."""
-    action_space = setup.action_space
-    discrete = isinstance(action_space, gym.spaces.Discrete)
-    policy, value = build_networks(setup, kind="categorical" if discrete else "gaussian")
-    obs_norm = setup.obs_normalizer()
-    batch_size = config.n_steps * setup.envs
-    if batch_size < config.value_batch_size:
-        raise ValueError(f"value_batch_size: expected <= n_steps * envs = {batch_size}, "
-                         f"got {config.value_batch_size}")
-    iterations = math.ceil(setup.steps / batch_size)
-    agent = MDPOOn(policy, value, config=config, iterations=iterations, rng=setup.rng.spawn(1)[0])
-    buffer = RolloutBuffer(steps=config.n_steps, envs=setup.envs, obs_dim=policy.arch.obs_dim,
-                           action_shape=() if discrete else (policy.arch.act_dim,), discrete=discrete,
-                           device=setup.device)
-    reward_scaler = RewardScaler(setup.envs, gamma=config.gamma) if config.normalize_rewards else None
-    env = setup.make_vec_env()
-    raw_obs = setup.reset_vec_env(env)
-    env_steps = 0
-    terms: dict[str, torch.Tensor] = {}
-    for _ in range(iterations):
-        # Data come from pi_k: the policy equals old_policy here (synchronised at the end of each update).
-        raw_obs, last_values = collect(env, buffer, raw_obs, policy=policy, value=value, obs_norm=obs_norm,
-                                       generator=setup.generator, action_space=action_space,
-                                       reward_scaler=reward_scaler)
-        env_steps += batch_size
-        terms = agent.update(buffer.finish(last_values, gamma=config.gamma, gae_lambda=config.gae_lambda))
-        setup.maybe_evaluate(env_steps, policy, obs_norm, extra=terms)
-    env.close()
-    if not setup.evaluations or setup.evaluations[-1]["env_steps"] != env_steps:
-        setup.maybe_evaluate(env_steps, policy, obs_norm, extra=terms, force=True)
-    return setup.result(policy, obs_norm, env_steps=env_steps, updates=iterations * config.policy_steps)
+    return train_on_policy(setup, config, batch_field="value_batch_size",
+                           make_agent=lambda policy, value, iterations: MDPOOn(
+                               policy, value, config=config, iterations=iterations, rng=setup.rng.spawn(1)[0]))

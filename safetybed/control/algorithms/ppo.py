@@ -13,30 +13,17 @@ with ``r = pi(a|s) / pi_old(a|s)``. Defaults follow CleanRL's ``ppo_continuous_a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
-import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 
-from safetybed.control.algorithms.rollout import (
-    RewardScaler,
-    RolloutBatch,
-    RolloutBuffer,
-    action_distribution,
-    build_networks,
-    collect,
-    minibatch_indices,
-)
+from safetybed.control.algorithms.common import require, require_flags, require_integers, require_positive
+from safetybed.control.algorithms.onpolicy import train_on_policy
+from safetybed.control.algorithms.rollout import RolloutBatch, action_distribution, minibatch_indices
 from safetybed.control.networks import Policy, ValueNetwork
 from safetybed.control.training import TrainResult, TrainSetup
-
-
-def _require(ok: bool, name: str, expected: str, given: Any) -> None:
-    if not ok:
-        raise ValueError(f"{name}: expected {expected}, got {given!r}")
 
 
 @dataclass(frozen=True)
@@ -77,32 +64,38 @@ class Config:
     """Scale rewards by a running std of the discounted return (SB3 ``VecNormalize(norm_reward=True)``)."""
 
     def __post_init__(self) -> None:
-        for name in ("n_steps", "minibatches", "epochs"):
+        require_integers(self, ("n_steps", "minibatches", "epochs"))
+        require_positive(self, ("learning_rate", "clip_range", "max_grad_norm", "adam_eps"))
+        require("gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]")
+        require("gae_lambda", self.gae_lambda, 0 <= self.gae_lambda <= 1, "in [0, 1]")
+        for name in ("clip_range_value", "target_kl"):
             value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
-                     "an integer >= 1", value)
-        _require(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
-        _require(0 < self.gamma <= 1, "gamma", "in (0, 1]", self.gamma)
-        _require(0 <= self.gae_lambda <= 1, "gae_lambda", "in [0, 1]", self.gae_lambda)
-        _require(self.clip_range > 0, "clip_range", "> 0", self.clip_range)
-        _require(self.clip_range_value is None or self.clip_range_value > 0, "clip_range_value",
-                 "> 0 or None", self.clip_range_value)
-        _require(self.ent_coef >= 0, "ent_coef", ">= 0", self.ent_coef)
-        _require(self.vf_coef >= 0, "vf_coef", ">= 0", self.vf_coef)
-        _require(self.max_grad_norm > 0, "max_grad_norm", "> 0", self.max_grad_norm)
-        _require(self.target_kl is None or self.target_kl > 0, "target_kl", "> 0 or None", self.target_kl)
-        _require(self.adam_eps > 0, "adam_eps", "> 0", self.adam_eps)
-        for name in ("anneal_learning_rate", "normalize_advantages", "normalize_rewards"):
-            _require(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
+            require(name, value, value is None or value > 0, "> 0 or None")
+        require("ent_coef", self.ent_coef, self.ent_coef >= 0, ">= 0")
+        require("vf_coef", self.vf_coef, self.vf_coef >= 0, ">= 0")
+        require_flags(self, ("anneal_learning_rate", "normalize_advantages", "normalize_rewards"))
 
 
 class PPO:
-    """The PPO-clip losses and one Adam step on a minibatch."""
+    """The PPO-clip losses, one Adam step on a minibatch (``update``) and one iteration on a rollout (``learn``).
 
-    def __init__(self, policy: Policy, value: ValueNetwork, *, config: Config):
+    Args:
+        policy, value: the networks, trained together by one Adam.
+        config: hyper-parameters.
+        iterations: how many rollouts training will see (the horizon of ``anneal_learning_rate``).
+        rng: shuffles each epoch's minibatches; ``learn`` needs it, ``losses`` and ``update`` do not.
+    """
+
+    def __init__(self, policy: Policy, value: ValueNetwork, *, config: Config, iterations: int = 1,
+                 rng: np.random.Generator | None = None):
+        if iterations < 1:
+            raise ValueError(f"iterations: expected >= 1, got {iterations}")
         self.policy, self.value, self.config = policy, value, config
+        self.iterations, self.rng = iterations, rng
         self.parameters = [*policy.parameters(), *value.parameters()]
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate, eps=config.adam_eps)
+        #: Rollouts learned from so far, and minibatch updates (Adam steps) taken so far.
+        self.iteration = self.updates = 0
 
     def set_learning_rate(self, learning_rate: float) -> None:
         for group in self.optimizer.param_groups:
@@ -146,43 +139,32 @@ class PPO:
         return {name: value.detach() for name, value in terms.items()}
 
 
-def train(setup: TrainSetup, config: Config) -> TrainResult:
-    """Train a PPO policy in ``setup``'s scenario for at least ``setup.steps`` env steps."""
-    action_space = setup.action_space
-    discrete = isinstance(action_space, gym.spaces.Discrete)
-    policy, value = build_networks(setup, kind="categorical" if discrete else "gaussian")
-    obs_norm = setup.obs_normalizer()
-    agent = PPO(policy, value, config=config)
-    batch_size = config.n_steps * setup.envs
-    if batch_size < config.minibatches:
-        raise ValueError(f"minibatches: expected <= n_steps * envs = {batch_size}, got {config.minibatches}")
-    buffer = RolloutBuffer(steps=config.n_steps, envs=setup.envs, obs_dim=policy.arch.obs_dim,
-                           action_shape=() if discrete else (policy.arch.act_dim,), discrete=discrete,
-                           device=setup.device)
-    reward_scaler = RewardScaler(setup.envs, gamma=config.gamma) if config.normalize_rewards else None
-    iterations = math.ceil(setup.steps / batch_size)
-    env = setup.make_vec_env()
-    raw_obs = setup.reset_vec_env(env)
-    env_steps = updates = 0
-    terms: dict[str, torch.Tensor] = {}
-    for iteration in range(iterations):
+    def learn(self, rollout: RolloutBatch) -> dict[str, torch.Tensor]:
+        """``epochs`` passes of shuffled minibatches over one rollout (Schulman et al. 2017, Algorithm 1: ``K``
+        epochs of minibatch SGD), fewer once the approximate KL passes ``target_kl``.
+
+        Returns the terms of the last minibatch.
+        """
+        config = self.config
+        if self.rng is None:
+            raise ValueError("learn: PPO needs rng= (it shuffles the minibatches)")
         if config.anneal_learning_rate:
-            agent.set_learning_rate(config.learning_rate * (1.0 - iteration / iterations))
-        raw_obs, last_values = collect(env, buffer, raw_obs, policy=policy, value=value, obs_norm=obs_norm,
-                                       generator=setup.generator, action_space=action_space,
-                                       reward_scaler=reward_scaler)
-        env_steps += batch_size
-        batch = buffer.finish(last_values, gamma=config.gamma, gae_lambda=config.gae_lambda)
+            self.set_learning_rate(config.learning_rate * (1.0 - self.iteration / self.iterations))
+        size = rollout.obs.shape[0]
+        terms: dict[str, torch.Tensor] = {}
         for _ in range(config.epochs):
-            for indices in minibatch_indices(batch_size, config.minibatches, setup.rng):
-                index = torch.as_tensor(indices, device=setup.device)
-                terms = agent.update(RolloutBatch(*(field[index] for field in batch)))
-                updates += 1
+            for indices in minibatch_indices(size, config.minibatches, self.rng):
+                index = torch.as_tensor(indices, device=rollout.obs.device)
+                terms = self.update(RolloutBatch(*(field[index] for field in rollout)))
+                self.updates += 1
             if config.target_kl is not None and float(terms["approx_kl"]) > config.target_kl:
                 break
-        setup.maybe_evaluate(env_steps, policy, obs_norm, extra=terms)
-    env.close()
-    if not setup.evaluations or setup.evaluations[-1]["env_steps"] != env_steps:
-        setup.maybe_evaluate(env_steps, policy, obs_norm, extra=terms, force=True)
-    return setup.result(policy, obs_norm, env_steps=env_steps, updates=updates)
+        self.iteration += 1
+        return terms
 
+
+def train(setup: TrainSetup, config: Config) -> TrainResult:
+    """Train a PPO policy in ``setup``'s scenario for at least ``setup.steps`` env steps."""
+    return train_on_policy(setup, config, batch_field="minibatches",
+                           make_agent=lambda policy, value, iterations: PPO(
+                               policy, value, config=config, iterations=iterations, rng=setup.rng))

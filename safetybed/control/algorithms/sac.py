@@ -13,18 +13,13 @@ initial weights drawn from ``setup.cpu_generator``; every other draw from ``setu
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
 
 import torch
 
-from safetybed.control.algorithms.common import build_module as _build
-from safetybed.control.algorithms.common import frozen, polyak_
-from safetybed.control.algorithms.common import require as _require
-from safetybed.control.algorithms.offpolicy import train_off_policy
+from safetybed.control.algorithms.common import polyak_, require_integers
+from safetybed.control.algorithms.offpolicy import SoftActorCritic, check_soft_actor_critic, train_off_policy
 from safetybed.control.algorithms.replay import Batch
-from safetybed.control.networks import Policy, PolicyArch, QNetwork
 from safetybed.control.training import TrainResult, TrainSetup
 
 #: Names of the terms ``update`` returns (see its docstring for when each is present).
@@ -75,70 +70,20 @@ class Config:
     """Upper clamp of the policy's log-std (SB3)."""
 
     def __post_init__(self) -> None:
-        for name in ("critic_learning_rate", "actor_learning_rate", "alpha_learning_rate", "reward_scale"):
-            _require(name, getattr(self, name), getattr(self, name) > 0, "> 0")
-        _require("gamma", self.gamma, 0 <= self.gamma <= 1, "in [0, 1]")
-        _require("tau", self.tau, 0 < self.tau <= 1, "in (0, 1]")
-        for name in ("target_update_interval", "batch_size", "buffer_size", "env_steps_per_round",
-                     "updates_per_round"):
-            value = getattr(self, name)
-            _require(name, value, isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                     "an integer >= 1")
-        _require("learning_starts", self.learning_starts,
-                 isinstance(self.learning_starts, int) and self.learning_starts >= 0, "an integer >= 0")
-        _require("init_log_alpha", self.init_log_alpha, math.isfinite(self.init_log_alpha), "finite")
-        for name in ("auto_alpha",):
-            _require(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
-        if self.target_entropy is not None:
-            _require("target_entropy", self.target_entropy, math.isfinite(self.target_entropy),
-                     "finite or None")
-        _require("log_std_max", self.log_std_max, self.log_std_min < self.log_std_max,
-                 f"> log_std_min ({self.log_std_min})")
+        check_soft_actor_critic(self)
+        require_integers(self, ("target_update_interval",))
 
 
 # -- the agent -------------------------------------------------------------------------------------------------
-class SAC:
-    """Actor, twin critics, their targets and the temperature.
+class SAC(SoftActorCritic):
+    """Actor, twin critics, their targets and the temperature (:class:`SoftActorCritic`, one output per critic).
 
-    Args:
-        arch: the policy architecture (``tanh_gaussian``); the critics use its ``hidden`` and ``activation``.
-        config: hyper-parameters.
-        device: where the networks live.
-        generator: a ``torch.Generator`` on ``device`` for every draw during updates (policy noise).
-        init_generator: a CPU ``torch.Generator`` the initial weights are drawn from.
+    Args: as :class:`~safetybed.control.algorithms.offpolicy.SoftActorCritic`; ``generator`` draws the
+    policy noise.
     """
 
-    def __init__(self, arch: PolicyArch, config: Config, *, device: torch.device, generator: torch.Generator,
-                 init_generator: torch.Generator):
-        if arch.kind != "tanh_gaussian":
-            raise ValueError(f"arch.kind: expected 'tanh_gaussian', got {arch.kind!r}")
-        self.config = config
-        self.device = torch.device(device)
-        self.generator = generator
-        self.actor: Policy = _build(lambda: Policy(arch), device=self.device, generator=init_generator)
-
-        def critic() -> QNetwork:
-            return QNetwork(arch.obs_dim, arch.act_dim, hidden=arch.hidden, activation=arch.activation, outputs=1)
-
-        self.critic1 = _build(critic, device=self.device, generator=init_generator)
-        self.critic2 = _build(critic, device=self.device, generator=init_generator)
-        self.critic1_target = copy.deepcopy(self.critic1).requires_grad_(False)
-        self.critic2_target = copy.deepcopy(self.critic2).requires_grad_(False)
-        self.log_alpha = torch.tensor(float(config.init_log_alpha), device=self.device,
-                                      requires_grad=config.auto_alpha)
-        self.target_entropy = (-float(arch.act_dim) if config.target_entropy is None
-                               else float(config.target_entropy))
-        self.critic_optimizer = torch.optim.Adam([*self.critic1.parameters(), *self.critic2.parameters()],
-                                                 lr=config.critic_learning_rate)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_learning_rate)
-        self.alpha_optimizer = (torch.optim.Adam([self.log_alpha], lr=config.alpha_learning_rate)
-                                if config.auto_alpha else None)
-        #: Gradient updates done so far; targets move when ``iteration % target_update_interval == 0``.
-        self.iteration = 0
-
-    @property
-    def alpha(self) -> torch.Tensor:
-        return self.log_alpha.detach().exp()
+    def critic_means(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.critic1(obs, action)[..., 0], self.critic2(obs, action)[..., 0]
 
     # -- losses ------------------------------------------------------------------------------------------------
     def critic_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -160,18 +105,6 @@ class SAC:
         return {"loss_critic": loss_1 + loss_2, "loss_critic_1": loss_1, "loss_critic_2": loss_2,
                 "q_mean": 0.5 * (q_1.detach().mean() + q_2.detach().mean()), "target_q_mean": target.mean()}
 
-    def actor_loss(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``E[alpha log pi(a~|s) - min_i Q_i(s, a~)]`` with ``a~`` reparameterised and the critics frozen."""
-        action, log_prob = self.actor.sample(obs, generator=self.generator)
-        with frozen(self.critic1, self.critic2):
-            q = torch.minimum(self.critic1(obs, action)[..., 0], self.critic2(obs, action)[..., 0])
-        loss = (self.alpha * log_prob - q).mean()
-        return {"loss_actor": loss, "log_prob": log_prob.detach(), "entropy": -log_prob.detach().mean()}
-
-    def alpha_loss(self, log_prob: torch.Tensor) -> torch.Tensor:
-        """``-log alpha * E[log pi(a~|s) + target_entropy]`` (§5; the log-parameterised form)."""
-        return -(self.log_alpha * (log_prob.detach() + self.target_entropy).mean())
-
     # -- one iteration ----------------------------------------------------------------------------------------
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One SAC gradient update; returns detached loss terms.
@@ -184,20 +117,7 @@ class SAC:
         self.critic_optimizer.zero_grad(set_to_none=True)
         terms["loss_critic"].backward()
         self.critic_optimizer.step()
-
-        actor_terms = self.actor_loss(batch.obs)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_terms["loss_actor"].backward()
-        self.actor_optimizer.step()
-        terms["loss_actor"] = actor_terms["loss_actor"]
-        terms["entropy"] = actor_terms["entropy"]
-        if self.alpha_optimizer is not None:
-            loss_alpha = self.alpha_loss(actor_terms["log_prob"])
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            loss_alpha.backward()
-            self.alpha_optimizer.step()
-            terms["loss_alpha"] = loss_alpha
-
+        terms.update(self.update_actor_and_alpha(batch.obs))  # on the freshly updated critics
         if self.iteration % cfg.target_update_interval == 0:
             polyak_(self.critic1_target, self.critic1, cfg.tau)
             polyak_(self.critic2_target, self.critic2, cfg.tau)
