@@ -119,11 +119,9 @@ def progress_bar(description: str, *, enabled: bool):
         yield update
 
 
-def _fmt(value: float | str | None, digits: int = 3) -> str:
-    if value is None:
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:  # what a JSON-safe document holds for NaN and infinities (safetybed.jsonsafe)
         return "-"
-    if isinstance(value, str):  # a JSON-safe document's "inf"
-        return value
     if value != value:  # NaN
         return "-"
     if value in (float("inf"), float("-inf")):

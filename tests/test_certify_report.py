@@ -148,3 +148,18 @@ def test_report_renders_in_headless_chromium(certified, tmp_path):
                     "--window-size=1100,2400", Path(report).resolve().as_uri()], check=True, timeout=120,
                    capture_output=True)
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+
+
+def test_report_reads_null_bounds_back_as_infinities(certified):
+    """certificate.json writes -inf / +inf as null (safetybed.jsonsafe): a certified value that certifies
+    nothing still shows as -inf, an attack's unbounded upper confidence bound as inf."""
+    certificate, _ = certified
+    rows = [dict(row, certified=None) for row in certificate["certified"]]
+    per_budget = [dict(row, certified=None, attacked_upper=None) for row in certificate["attacks"]["per_budget"]]
+    edited = dict(certificate, certified=rows, clean=dict(certificate["clean"], certified_at_zero=None),
+                  curve=dict(certificate["curve"], certified=[None] * len(certificate["curve"]["certified"])),
+                  attacks=dict(certificate["attacks"], per_budget=per_budget))
+    structure = parse(render_certificate_html(edited))
+    assert [row[2] for row in structure.tables["certified-table"]] == ["-inf"] * len(rows)
+    assert [(row[1], row[4]) for row in structure.tables["attack-table"]] == [("-inf", "inf")] * len(per_budget)
+    assert any("certified at B = 0: -inf" in chunk for chunk in structure.text)

@@ -19,6 +19,7 @@ from .conftest import REPO_ROOT
 #: Layer of each top-level part of the package: a module may import from a lower layer or its own part.
 LAYERS = {
     "": 0, "errors": 0,  # the package root (its version) and the user-facing error types
+    "jsonsafe": 0,  # the one JSON encoding of non-finite numbers
     "spec": 1,
     "sims": 2, "control": 2,
     "runner": 3,

@@ -50,6 +50,7 @@ from safetybed.certify import estimators
 from safetybed.certify.smoothing import frame_stack_of, smoothed_scenario
 from safetybed.control.checkpoint import Checkpoint, load_checkpoint, sha256_file
 from safetybed.errors import IncompleteRunError, InputError, SpecError
+from safetybed.jsonsafe import json_safe
 from safetybed.runner import RunStore, resume_run, start_run
 from safetybed.runner.batch import scenario_digest, stored_episodes
 from safetybed.spec import ScenarioSpec
@@ -430,18 +431,6 @@ def package_versions(simulator: str) -> dict[str, str]:
     return versions
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
 def certificate_digest(certificate: dict[str, Any]) -> str:
     """sha256 of the certificate's canonical JSON without its id, creation time, wall times, file names and
     whether its run was new, reused or resumed: the same run and settings give the same id."""
@@ -576,7 +565,7 @@ def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_e
         certificate["caveat"] = (f"computed from an incomplete run (--allow-partial): {completeness.describe()}; "
                                  "the bound holds only if these episodes are missing for reasons unrelated to "
                                  "their outcome")
-    certificate = _json_safe(certificate)
+    certificate = json_safe(certificate)
     certificate["certificate_id"] = certificate_digest(certificate)[:16]
     certificate["wall_time_s"] = time.perf_counter() - started
     return certificate
@@ -611,9 +600,9 @@ def attack_from_spec(path: str | Path, *, budget: float, episodes: int | None = 
         if callback:
             callback(len(configurations) + 1, len(configurations) + 1)
     worst = min(runs, key=lambda run: run["estimate"])
-    return _json_safe({"name": cert.spec.name, "quantity": cert.spec.quantity, "sigma": cert.spec.sigma,
-                       "budget": budget, "episodes": n_attack, "runs": runs, "skipped": skipped, "worst": worst,
-                       "control": control, "controller_weights_sha256": cert.checkpoint.weights_sha256})
+    return json_safe({"name": cert.spec.name, "quantity": cert.spec.quantity, "sigma": cert.spec.sigma,
+                      "budget": budget, "episodes": n_attack, "runs": runs, "skipped": skipped, "worst": worst,
+                      "control": control, "controller_weights_sha256": cert.checkpoint.weights_sha256})
 
 
 def _quantity_words(quantity: str, p: float | None) -> str:

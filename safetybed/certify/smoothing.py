@@ -36,9 +36,10 @@ import gymnasium as gym
 import numpy as np
 
 from safetybed.control.base import Controller
+from safetybed.jsonsafe import json_safe
 from safetybed.runner.seeding import episode_seed
 from safetybed.sims.framestack import raw_space
-from safetybed.sims.rollout import EpisodeRecord, _to_builtin
+from safetybed.sims.rollout import EpisodeRecord
 from safetybed.spec import ScenarioSpec
 
 #: Spawn key of :class:`SmoothedController`'s noise generator; ``BundleController`` uses the same one, so a
@@ -191,11 +192,11 @@ class _Episode:
         self.violations += int(safety["violations"])
         if "step_log" in info:
             self.steps = self.steps if self.steps is not None else []
-            self.steps.append({"t": self.length - 1, "reward": float(reward), "action": _to_builtin(action),
-                               **_to_builtin(info["step_log"])})
+            self.steps.append({"t": self.length - 1, "reward": float(reward), "action": json_safe(action),
+                               **json_safe(info["step_log"])})
         if info.get("decisions"):
             self.decisions = self.decisions if self.decisions is not None else []
-            self.decisions.extend(_to_builtin(info["decisions"]))
+            self.decisions.extend(json_safe(info["decisions"]))
 
     def record(self, *, terminated: bool, truncated: bool) -> EpisodeRecord:
         return EpisodeRecord(index=self.index, seed=self.seed, episode_return=self.episode_return,

@@ -24,6 +24,7 @@ from safetybed.evaluate.estimators import (
     tests_needed,
     tests_to_rhw,
 )
+from safetybed.jsonsafe import finite_or_none
 
 
 def method_entry(result: EstimateResult, *, tests: int, training_tests: int = 0, target: float = 0.3,
@@ -46,7 +47,7 @@ def method_entry(result: EstimateResult, *, tests: int, training_tests: int = 0,
     curve = rhw_curve(values, confidence=result.confidence)
     index = np.unique(np.geomspace(1, len(curve), num=min(curve_points, len(curve))).astype(int)) - 1
     entry["rhw_curve"] = {"tests": (index + 1).tolist(),
-                          "rhw": [None if not np.isfinite(curve[i]) else float(curve[i]) for i in index]}
+                          "rhw": [finite_or_none(float(curve[i])) for i in index]}
     return entry
 
 

@@ -53,6 +53,7 @@ from scipy import stats
 from safetybed.errors import InputError
 from safetybed.evaluate.records import TestRecord
 from safetybed.evaluate.scv_learned import CovariateError, fit_crash_model, learned_feature, parse_covariates
+from safetybed.jsonsafe import finite_or_none, json_safe
 
 __all__ = [
     "EstimateResult",
@@ -134,23 +135,7 @@ class EstimateResult:
         }
         if include_values:
             out["values"] = self.values
-        return _json_safe(out)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(key): _json_safe(value) for key, value in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return [_json_safe(value) for value in obj.tolist()]
-    if isinstance(obj, list | tuple):
-        return [_json_safe(value) for value in obj]
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
+        return json_safe(out)
 
 
 # -- input parsing -----------------------------------------------------------------------------------------------
@@ -812,8 +797,7 @@ def bootstrap_tests_to_rhw(
     as_float = np.array([math.inf if c is None else float(c) for c in counts])
 
     def quantile(level: float) -> float | None:
-        value = float(np.quantile(as_float, level, method="inverted_cdf"))
-        return value if math.isfinite(value) else None
+        return finite_or_none(float(np.quantile(as_float, level, method="inverted_cdf")))
 
     return {
         "median": quantile(0.5), "p10": quantile(0.1), "p90": quantile(0.9),

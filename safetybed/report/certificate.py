@@ -24,14 +24,21 @@ def _png_data_uri(figure: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+# A certificate is JSON-safe (safetybed.jsonsafe): every non-finite number in it is null. What the field is says
+# which number a null stands for.
 def _number(value: Any) -> float:
-    if value is None:
-        return math.nan
-    if value == "inf":
-        return math.inf
-    if value == "-inf":
-        return -math.inf
-    return float(value)
+    """An estimate or SEM: null is NaN (none could be computed)."""
+    return math.nan if value is None else float(value)
+
+
+def _lower_bound(value: Any) -> float:
+    """A certified value (a lower confidence bound): null is ``-inf``, the bound that certifies nothing."""
+    return -math.inf if value is None else float(value)
+
+
+def _upper_bound(value: Any) -> float:
+    """An attack's upper confidence bound: null is ``+inf`` (a quantile with too few episodes to bound it)."""
+    return math.inf if value is None else float(value)
 
 
 def _curve_plot(certificate: dict[str, Any]) -> str:
@@ -43,10 +50,10 @@ def _curve_plot(certificate: dict[str, Any]) -> str:
     figure = Figure(figsize=(7.2, 4.4))
     axes = figure.subplots()
     curve = certificate["curve"]
-    axes.plot(curve["budgets"], [_number(v) for v in curve["certified"]], color="C0", lw=2,
+    axes.plot(curve["budgets"], [_lower_bound(v) for v in curve["certified"]], color="C0", lw=2,
               label=f"certified (ours, n = {certificate['samples']['episodes']:,}, {certificate['method']})")
     rows = certificate["certified"]
-    axes.plot([r["budget"] for r in rows], [_number(r["certified"]) for r in rows], "o", color="C0")
+    axes.plot([r["budget"] for r in rows], [_lower_bound(r["certified"]) for r in rows], "o", color="C0")
     clean = _number(certificate["clean"]["estimate"])
     axes.axhline(clean, color="C0", ls=":", lw=1, label=f"clean smoothed estimate (ours) {clean:.4g}")
     attacks = certificate["attacks"].get("per_budget") or []
@@ -175,14 +182,15 @@ def render_certificate_html(certificate: dict[str, Any]) -> str:
         parts.append(f"<p class=\"note\">Grey dashed: {escape(reference['source'])}. Its agent differs from ours "
                      f"(DQN on a 5-frame stack vs our controller), so the curves compare settings, not "
                      f"checkpoints.</p>")
-    rows = [[r["budget"], r["budget_over_sigma"], r["certified"], r["method"]] for r in certificate["certified"]]
+    rows = [[r["budget"], r["budget_over_sigma"], _lower_bound(r["certified"]), r["method"]]
+            for r in certificate["certified"]]
     if reference:
         published = dict(zip(reference["budgets"], reference["certified"], strict=True))
         rows = [row + [published.get(row[0])] for row in rows]
     parts.append(_table("certified-table", ["B", "B / sigma", f"certified {quantity}", "estimator"]
                         + (["published re-run"] if reference else []), rows,
                         caption=f"clean estimate {_fmt(clean['estimate'])} (SEM {_fmt(clean['sem'], 3)}); "
-                                f"certified at B = 0: {_fmt(clean['certified_at_zero'])}; alpha = "
+                                f"certified at B = 0: {_fmt(_lower_bound(clean['certified_at_zero']))}; alpha = "
                                 f"{certificate['alpha']:g}, n = {samples['episodes']:,}"))
 
     parts.append("<h2>Clean return distribution</h2>")
@@ -201,7 +209,8 @@ def render_certificate_html(certificate: dict[str, Any]) -> str:
                      f"({len(attacks['configurations'])} configurations x {len(attacks['per_budget'])} budgets + "
                      f"1 control), {attacks['attacked_episodes']:,} attacked episodes in all; "
                      f"<b>{len(attacks['violations'])} violation(s)</b>.</p>")
-        attack_rows = [[r["budget"], r["certified"], r["attacked"], r["attacked_sem"], r["attacked_upper"],
+        attack_rows = [[r["budget"], _lower_bound(r["certified"]), r["attacked"], r["attacked_sem"],
+                        _upper_bound(r["attacked_upper"]),
                         json.dumps(r["worst_configuration"]), _verdict(r["pass"])] for r in attacks["per_budget"]]
         parts.append(_table("attack-table", ["B", "certificate", "worst attacked", "SEM", "upper (+3 SEM)",
                                              "worst configuration", "check"], attack_rows,

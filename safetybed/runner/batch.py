@@ -12,6 +12,7 @@ import numpy as np
 from scipy import stats
 
 from safetybed.errors import IncompleteRunError, InputError
+from safetybed.jsonsafe import json_safe
 from safetybed.runner.episode import EpisodeTask
 from safetybed.runner.executors import EpisodeFailure, check_executor, execute
 from safetybed.runner.seeding import MAX_RUN_SEED
@@ -56,14 +57,9 @@ class RunSummary:
     completeness: dict
 
     def to_json_dict(self) -> dict:
-        def clean(value):
-            if isinstance(value, Interval):
-                return [clean(value.low), clean(value.high)]
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            return value
-
-        return {key: clean(value) for key, value in self.__dict__.items()}
+        """A JSON-safe dict (:func:`safetybed.jsonsafe.json_safe`); each interval is ``[low, high]``."""
+        return json_safe({key: [value.low, value.high] if isinstance(value, Interval) else value
+                          for key, value in self.__dict__.items()})
 
 
 def summarize(run_id: str, records: list[EpisodeRecord], *, scenario: str, controller: str, planned: int,

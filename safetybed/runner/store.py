@@ -35,6 +35,7 @@ from typing import Any
 
 from safetybed import __version__
 from safetybed.errors import InputError
+from safetybed.jsonsafe import finite_or_none
 from safetybed.runner.executors import EpisodeFailure
 from safetybed.sims.rollout import EpisodeRecord
 
@@ -176,10 +177,6 @@ def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 class RunStore:
     """A connection to one store file; use as a context manager or call :meth:`close`."""
 
@@ -291,7 +288,7 @@ class RunStore:
                 f"INSERT INTO episodes (run_id, {', '.join(EPISODE_COLUMNS)}) VALUES ({', '.join('?' * 14)})",
                 (run_id, record.index, record.seed, record.episode_return, record.length, int(record.collision),
                  int(record.success), int(record.terminated), int(record.truncated),
-                 _finite_or_none(record.min_ttc_s), _finite_or_none(record.min_gap_m), record.progress_m,
+                 finite_or_none(record.min_ttc_s), finite_or_none(record.min_gap_m), record.progress_m,
                  record.violations, record.wall_time_s))
             if record.steps:
                 self.conn.executemany("INSERT INTO steps VALUES (?,?,?,?)",

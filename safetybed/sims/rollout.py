@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from safetybed.jsonsafe import json_safe
+
 
 @dataclass
 class EpisodeRecord:
@@ -49,24 +51,8 @@ class EpisodeRecord:
         return tuple(getattr(self, name) for name in self.DETERMINISTIC_FIELDS) + (self.steps, self.decisions)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (``inf`` becomes ``None``)."""
-        return {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
-                for key, value in asdict(self).items()}
-
-
-def _to_builtin(value: Any) -> Any:
-    """Plain JSON-able Python values; non-finite floats become ``None`` (JSON has no inf/NaN)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.ndarray):
-        return _to_builtin(value.tolist())
-    if isinstance(value, dict):
-        return {str(key): _to_builtin(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_builtin(item) for item in value]
-    return value
+        """A JSON-safe dict (``inf`` becomes ``None``, :func:`safetybed.jsonsafe.json_safe`)."""
+        return json_safe(asdict(self))
 
 
 def rollout(env: Any, controller: Any, *, seed: int, index: int = 0, deterministic: bool | None = None) -> EpisodeRecord:
@@ -100,11 +86,11 @@ def rollout(env: Any, controller: Any, *, seed: int, index: int = 0, determinist
         violations += int(safety["violations"])
         if "step_log" in info:
             steps = steps if steps is not None else []
-            steps.append({"t": length - 1, "reward": float(reward), "action": _to_builtin(action),
-                          **_to_builtin(info["step_log"])})
+            steps.append({"t": length - 1, "reward": float(reward), "action": json_safe(action),
+                          **json_safe(info["step_log"])})
         if info.get("decisions"):
             decisions = decisions if decisions is not None else []
-            decisions.extend(_to_builtin(info["decisions"]))
+            decisions.extend(json_safe(info["decisions"]))
     return EpisodeRecord(index=index, seed=seed, episode_return=episode_return, length=length,
                          collision=collision, success=success, terminated=bool(terminated),
                          truncated=bool(truncated), min_ttc_s=min_ttc_s, min_gap_m=min_gap_m,
