@@ -20,12 +20,11 @@ from safetybed.sims.highway_driver import (
     ACTION_LEFT,
     ACTION_RIGHT,
     FIRST_ACCELERATION_ACTION,
-    IDMParams,
     NaturalisticVehicle,
     acceleration_pmf,
-    idm_acceleration,
     lane_change_probability,
 )
+from safetybed.sims.idm import IDMParams, idm_acceleration
 from safetybed.spec import load_scenario, parse_scenario
 from safetybed.spec.highway import EGO_FEATURES, VEHICLE_FEATURES
 

@@ -29,8 +29,10 @@ highway-env's 5 m long (for obstacles, which are shorter, the gap is underestima
 Action: ``[clip(a / accel_scale_mps2, -1, 1), lane]`` with ``lane`` = -1 (change left), 0 (keep), +1 (change right),
 the mapping of :mod:`safetybed.sims.highway_obs`. The controller is deterministic and keeps no state between steps.
 
-The pieces are reusable: :class:`ObservedTraffic` parses one observation, :class:`DrivingRules` holds the IDM and
-MOBIL rules with a scenario's parameters; the ``idm`` safety shield (:mod:`safetybed.control.shield`) uses both.
+The IDM and MOBIL formulas themselves are :mod:`safetybed.sims.idm` (shared with the background drivers, the
+NADE look-ahead and the testbed). The pieces are reusable: :class:`ObservedTraffic` parses one observation,
+:class:`DrivingRules` holds the IDM and MOBIL rules with a scenario's parameters; the ``idm`` safety shield
+(:mod:`safetybed.control.shield`) uses both.
 """
 
 from __future__ import annotations
@@ -42,52 +44,19 @@ import gymnasium as gym
 import numpy as np
 
 from safetybed.control.base import Controller
+from safetybed.sims.idm import IDMParams, idm_acceleration, mobil_incentive, mobil_is_safe
 from safetybed.spec import ScenarioSpec
 from safetybed.spec.highway import (
     EGO_FEATURES,
     VEHICLE_FEATURES,
-    EgoSpec,
     HighwaySpec,
-    NaturalisticDriverSpec,
 )
 
 VEHICLE_LENGTH_M = 5.0  # [m] highway-env's Vehicle.LENGTH
 LANE_MARGIN_M = 1.0  # [m] lateral margin of lane membership (highway-env on_lane margin)
-_MIN_GAP_M = 0.1  # [m] floor of the IDM gap: overlapping vehicles give a finite, very large braking demand
 _MIN_LANE_CHANGE_SPEED_MPS = 1.0  # [m/s]
 _EGO = {name: index for index, name in enumerate(EGO_FEATURES)}
 _VEHICLE = {name: index for index, name in enumerate(VEHICLE_FEATURES)}
-
-
-@dataclass(frozen=True)
-class IDM:
-    """Intelligent Driver Model parameters (Treiber, Hennecke & Helbing 2000)."""
-
-    max_accel_mps2: float
-    comfort_decel_mps2: float
-    min_gap_m: float
-    time_headway_s: float
-    desired_speed_mps: float
-    delta: float
-
-    @classmethod
-    def of(cls, driver: EgoSpec | NaturalisticDriverSpec) -> IDM:
-        """The ``idm_*`` parameters of ``[highway.ego]`` or ``[highway.driver]``."""
-        return cls(driver.idm_max_accel_mps2, driver.idm_comfort_decel_mps2, driver.idm_min_gap_m,
-                   driver.idm_time_headway_s, driver.idm_desired_speed_mps, driver.idm_delta)
-
-    def acceleration(self, speed_mps: float, speed_limit_mps: float, gap_m: float = math.inf,
-                     closing_speed_mps: float = 0.0) -> float:
-        """IDM acceleration [m/s^2] (Treiber et al. 2000); ``gap_m = inf`` on a free road."""
-        speed = max(speed_mps, 0.0)
-        desired = max(min(self.desired_speed_mps, speed_limit_mps), 1e-3)
-        acceleration = self.max_accel_mps2 * (1.0 - (speed / desired) ** self.delta)
-        if math.isfinite(gap_m):
-            dynamic = speed * self.time_headway_s + speed * closing_speed_mps / (
-                2.0 * math.sqrt(self.max_accel_mps2 * self.comfort_decel_mps2))
-            desired_gap = self.min_gap_m + max(0.0, dynamic)
-            acceleration -= self.max_accel_mps2 * (desired_gap / max(gap_m, _MIN_GAP_M)) ** 2
-        return acceleration
 
 
 @dataclass(frozen=True)
@@ -193,8 +162,10 @@ class DrivingRules:
         self.politeness = ego.mobil_politeness
         self.gain_threshold_mps2 = ego.mobil_gain_threshold_mps2
         self.max_braking_mps2 = ego.mobil_max_braking_mps2
-        self.ego_idm = IDM.of(ego)
-        self.other_idm = IDM.of(highway.driver)
+        self.ego_idm = IDMParams.from_spec(ego)
+        self.ego_desired_speed_mps = ego.idm_desired_speed_mps
+        self.other_idm = IDMParams.from_spec(highway.driver)
+        self.other_desired_speed_mps = highway.driver.idm_desired_speed_mps
 
     def traffic(self, row: np.ndarray) -> ObservedTraffic:
         return ObservedTraffic.from_observation(row, observed_vehicles=self.observed_vehicles)
@@ -203,18 +174,21 @@ class DrivingRules:
         return traffic.neighbours(side, anticipation_s=self.anticipation_s)
 
     def ego_acceleration(self, traffic: ObservedTraffic, leader: Neighbour | None) -> float:
-        """The ego's IDM acceleration [m/s^2] behind ``leader`` (free road when ``None``)."""
+        """The ego's IDM acceleration [m/s^2] behind ``leader`` (free road when ``None``); ``v0`` capped by the
+        lane speed limit."""
+        desired = min(self.ego_desired_speed_mps, traffic.speed_limit_mps)
         if leader is None:
-            return self.ego_idm.acceleration(traffic.speed_mps, traffic.speed_limit_mps)
-        return self.ego_idm.acceleration(traffic.speed_mps, traffic.speed_limit_mps, leader.gap_m,
-                                         traffic.speed_mps - leader.speed_mps)
+            return float(idm_acceleration(self.ego_idm, speed_mps=traffic.speed_mps, desired_speed_mps=desired))
+        return float(idm_acceleration(self.ego_idm, speed_mps=traffic.speed_mps, desired_speed_mps=desired,
+                                      gap_m=leader.gap_m, closing_speed_mps=traffic.speed_mps - leader.speed_mps))
 
     def _follower_acceleration(self, traffic: ObservedTraffic, follower: Neighbour | None, gap_m: float,
                                leader_speed_mps: float) -> float:
         if follower is None:
             return 0.0
-        return self.other_idm.acceleration(follower.speed_mps, traffic.speed_limit_mps, gap_m,
-                                           follower.speed_mps - leader_speed_mps)
+        return float(idm_acceleration(self.other_idm, speed_mps=follower.speed_mps,
+                                      desired_speed_mps=min(self.other_desired_speed_mps, traffic.speed_limit_mps),
+                                      gap_m=gap_m, closing_speed_mps=follower.speed_mps - leader_speed_mps))
 
     def longitudinal_acceleration(self, traffic: ObservedTraffic, *, lane_change: int = 0) -> float:
         """The ego's IDM acceleration [m/s^2]: the smallest behind the leader of its lane, a vehicle it must yield
@@ -252,7 +226,8 @@ class DrivingRules:
             return False  # alongside: the IDM gaps below would be negative
         _, new_follower_after = self._new_follower_accelerations(traffic, side)
         ego_after = self.ego_acceleration(traffic, self.neighbours(traffic, side)[0])
-        return new_follower_after >= -self.max_braking_mps2 and ego_after >= -self.max_braking_mps2
+        return bool(mobil_is_safe(self_after_mps2=ego_after, new_follower_after_mps2=new_follower_after,
+                                  max_braking_mps2=self.max_braking_mps2))
 
     def mobil_gain(self, traffic: ObservedTraffic, side: int) -> float:
         """MOBIL incentive [m/s^2] of a change to ``side`` (Kesting et al. 2007, eq. 3)::
@@ -267,9 +242,12 @@ class DrivingRules:
                                                           follower.gap_m if follower else math.inf, traffic.speed_mps)
         old_follower_after = self._follower_acceleration(traffic, follower, old_between,
                                                          leader.speed_mps if leader else traffic.speed_mps)
-        ego_after = self.ego_acceleration(traffic, self.neighbours(traffic, side)[0])
-        return (ego_after - self.ego_acceleration(traffic, leader) + self.politeness * (
-            new_follower_after - new_follower_before + old_follower_after - old_follower_before))
+        return mobil_incentive(self_before_mps2=self.ego_acceleration(traffic, leader),
+                               self_after_mps2=self.ego_acceleration(traffic, self.neighbours(traffic, side)[0]),
+                               new_follower_before_mps2=new_follower_before,
+                               new_follower_after_mps2=new_follower_after,
+                               old_follower_before_mps2=old_follower_before, old_follower_after_mps2=old_follower_after,
+                               politeness=self.politeness)
 
     def mobil_lane_change(self, traffic: ObservedTraffic) -> int:
         """The safe change (-1 left, +1 right) with the largest gain above ``mobil_gain_threshold_mps2``, else 0.

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from safetybed.evaluate.records import TestRecord
+from safetybed.sims.idm import IDMParams, free_road_acceleration, idm_acceleration
 from safetybed.sims.testing.critical import CriticalContext, Proposal
 
 ACCEL_GRID_MPS2 = np.round(np.linspace(-4.0, 2.0, 31), 10)  #: NADE's acceleration grid [m/s^2]
@@ -64,6 +65,12 @@ class EgoModel:
     delta: float = 4.0
     reaction_s: float = 0.6  # the ego acts on the state it saw this long ago [s]
     max_brake_mps2: float = 6.0  # [m/s^2]
+
+    @property
+    def idm(self) -> IDMParams:
+        """Its IDM parameters (the desired speed is passed separately, see :mod:`safetybed.sims.idm`)."""
+        return IDMParams(max_accel_mps2=self.max_accel_mps2, comfort_decel_mps2=self.comfort_decel_mps2,
+                         min_gap_m=self.min_gap_m, time_headway_s=self.time_headway_s, delta=self.delta)
 
 
 #: The ego under test: D2RL's IDM AV (research/cav_eval.md §4.1) with a 0.8 s reaction delay.
@@ -88,6 +95,7 @@ class CutInTestbed:
     bv_speed_mps: float = 20.0
     bv_idm_max_accel_mps2: float = 2.0  # BV IDM (D2RL BV parameters)
     bv_desired_speed_mps: float = 35.0
+    bv_idm_delta: float = 4.0  # BV IDM acceleration exponent [-]
     accel_sigma_mps2: float = 0.3  # NADE stochastic IDM std
     tail_mass: float = 0.02  # eta: uniform tail of the acceleration pmf
     prune_below: float = 1e-10
@@ -112,7 +120,8 @@ def bv_pmf(speed_mps: np.ndarray, bed: CutInTestbed) -> np.ndarray:
     uniform tail of mass ``tail_mass``.
     """
     speed = np.asarray(speed_mps, dtype=np.float64)[..., None]
-    a_idm = bed.bv_idm_max_accel_mps2 * (1.0 - (np.maximum(speed, 0.0) / bed.bv_desired_speed_mps) ** 4)
+    a_idm = free_road_acceleration(speed_mps=speed, desired_speed_mps=bed.bv_desired_speed_mps,
+                                   max_accel_mps2=bed.bv_idm_max_accel_mps2, delta=bed.bv_idm_delta)
     log_weight = -0.5 * ((ACCEL_GRID_MPS2 - a_idm) / bed.accel_sigma_mps2) ** 2
     weight = np.exp(log_weight - log_weight.max(axis=-1, keepdims=True))
     gauss = weight / weight.sum(axis=-1, keepdims=True)
@@ -131,18 +140,17 @@ def simulate_crashes(bed: CutInTestbed, ego: EgoModel, gap_m: np.ndarray, a0_mps
     v_ego = np.full(n, bed.ego_speed_mps)
     v_bv = np.full(n, bed.bv_speed_mps)
     crashed = gap <= 0.0
+    idm = ego.idm
     # Before the cut-in the road ahead was free: the ego's first command is its free-road IDM acceleration.
-    free_accel = ego.max_accel_mps2 * (1.0 - (bed.ego_speed_mps / ego.desired_speed_mps) ** ego.delta)
+    free_accel = idm_acceleration(idm, speed_mps=bed.ego_speed_mps, desired_speed_mps=ego.desired_speed_mps)
     history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    root_ab = 2.0 * np.sqrt(ego.max_accel_mps2 * ego.comfort_decel_mps2)
     for step in range(steps):
         t = step * bed.dt_s
         history.append((gap.copy(), v_ego.copy(), v_bv.copy()))
         if step >= delay:
             seen_gap, seen_v, seen_bv = history[step - delay]
-            desired = ego.min_gap_m + np.maximum(0.0, seen_v * ego.time_headway_s + seen_v * (seen_v - seen_bv) / root_ab)
-            accel = ego.max_accel_mps2 * (1.0 - (np.maximum(seen_v, 0.0) / ego.desired_speed_mps) ** ego.delta
-                                          - (desired / np.maximum(seen_gap, 0.1)) ** 2)
+            accel = idm_acceleration(idm, speed_mps=seen_v, desired_speed_mps=ego.desired_speed_mps, gap_m=seen_gap,
+                                     closing_speed_mps=seen_v - seen_bv)
             accel = np.clip(accel, -ego.max_brake_mps2, ego.max_accel_mps2)
         else:
             accel = np.full(n, free_accel)

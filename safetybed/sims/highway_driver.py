@@ -31,7 +31,8 @@ index       action
   ``(1 - accel_tail_mass) * gaussian + accel_tail_mass / K`` (default tail mass 0: NADE's pmf exactly; a positive
   mass makes emergency braking possible, which the pruned Gaussian rules out), and scaled by
   ``1 - p_left - p_right``. ``a_IDM`` is the
-  Intelligent Driver Model (Treiber, Hennecke & Helbing 2000) with the spec's background parameters;
+  Intelligent Driver Model (Treiber, Hennecke & Helbing 2000; :mod:`safetybed.sims.idm`, which also holds the
+  MOBIL incentive and safety criterion) with the spec's background parameters;
   during a lane change it is the smaller of the IDM accelerations behind the leaders of both lanes (as
   highway-env's ``IDMVehicle.act``).
 
@@ -66,6 +67,7 @@ from highway_env.vehicle.behavior import IDMVehicle
 from highway_env.vehicle.kinematics import Vehicle
 from highway_env.vehicle.objects import RoadObject
 
+from safetybed.sims.idm import IDMParams, idm_acceleration, mobil_incentive, mobil_is_safe
 from safetybed.spec.highway import NaturalisticDriverSpec
 
 ACTION_LEFT = 0  #: action index of a change to the left lane (lane index - 1)
@@ -73,37 +75,7 @@ ACTION_RIGHT = 1  #: action index of a change to the right lane (lane index + 1)
 FIRST_ACCELERATION_ACTION = 2  #: action index of the first (lowest) acceleration of the grid
 
 DecisionSource = Literal["sampled", "override", "script"]
-_MIN_GAP_M = 0.1  # [m] floor on the IDM gap so overlapping vehicles give a finite, very large braking demand
 _MIN_LANE_CHANGE_SPEED_MPS = 1.0  # [m/s] highway-env's IDMVehicle does not change lanes below this speed
-
-
-@dataclass(frozen=True)
-class IDMParams:
-    """Intelligent Driver Model parameters (Treiber et al. 2000)."""
-
-    max_accel_mps2: float  # a: maximum acceleration [m/s^2]
-    comfort_decel_mps2: float  # b: comfortable deceleration [m/s^2]
-    min_gap_m: float  # s0: jam distance, bumper to bumper [m]
-    time_headway_s: float  # T: desired time gap [s]
-    delta: float  # acceleration exponent [-]
-
-
-def idm_acceleration(params: IDMParams, *, speed_mps: float, desired_speed_mps: float, gap_m: float = math.inf,
-                     closing_speed_mps: float = 0.0) -> float:
-    """IDM acceleration [m/s^2] (Treiber et al. 2000).
-
-    ``a = a_max [1 - (v / v0)^delta - (s* / s)^2]`` with ``s* = s0 + max(0, v T + v dv / (2 sqrt(a_max b)))``,
-    ``s`` the bumper-to-bumper gap to the leader (``inf`` for a free road) and ``dv`` the closing speed
-    (follower speed minus leader speed).
-    """
-    speed = max(speed_mps, 0.0)
-    acceleration = params.max_accel_mps2 * (1.0 - (speed / max(desired_speed_mps, 1e-3)) ** params.delta)
-    if math.isfinite(gap_m):
-        dynamic = speed * params.time_headway_s + speed * closing_speed_mps / (
-            2.0 * math.sqrt(params.max_accel_mps2 * params.comfort_decel_mps2))
-        desired_gap = params.min_gap_m + max(0.0, dynamic)
-        acceleration -= params.max_accel_mps2 * (desired_gap / max(gap_m, _MIN_GAP_M)) ** 2
-    return acceleration
 
 
 def acceleration_pmf(mean_mps2: float, grid_mps2: np.ndarray, *, sigma_mps2: float,
@@ -163,9 +135,7 @@ class DriverParams:
     def from_spec(cls, spec: NaturalisticDriverSpec, *, simulation_frequency_hz: int) -> DriverParams:
         grid = spec.accel_min_mps2 + spec.accel_step_mps2 * np.arange(spec.acceleration_count)
         return cls(
-            idm=IDMParams(max_accel_mps2=spec.idm_max_accel_mps2, comfort_decel_mps2=spec.idm_comfort_decel_mps2,
-                          min_gap_m=spec.idm_min_gap_m, time_headway_s=spec.idm_time_headway_s,
-                          delta=spec.idm_delta),
+            idm=IDMParams.from_spec(spec),
             desired_speed_mps=spec.idm_desired_speed_mps, grid_mps2=grid, sigma_mps2=spec.accel_sigma_mps2,
             prune_below=spec.pmf_prune_below, politeness=spec.mobil_politeness,
             gain_threshold_mps2=spec.mobil_gain_threshold_mps2,
@@ -272,14 +242,14 @@ class NaturalisticVehicle(IDMVehicle):
         if follower is None or not isinstance(follower, Vehicle):
             return 0.0
         if leader is None:
-            return idm_acceleration(self._params.idm, speed_mps=follower.speed,
-                                    desired_speed_mps=self._desired_speed(follower))
+            return float(idm_acceleration(self._params.idm, speed_mps=follower.speed,
+                                          desired_speed_mps=self._desired_speed(follower)))
         gap = (_lane_coordinate(lane, leader) - _lane_coordinate(lane, follower)
                - 0.5 * (follower.LENGTH + leader.LENGTH))
         closing = float(np.dot(follower.velocity - leader.velocity, follower.direction))
-        return idm_acceleration(self._params.idm, speed_mps=follower.speed,
-                                desired_speed_mps=self._desired_speed(follower), gap_m=gap,
-                                closing_speed_mps=closing)
+        return float(idm_acceleration(self._params.idm, speed_mps=follower.speed,
+                                      desired_speed_mps=self._desired_speed(follower), gap_m=gap,
+                                      closing_speed_mps=closing))
 
     def _lane_change_in_progress(self) -> bool:
         return self.target_lane_index[:2] == self.lane_index[:2] and self.target_lane_index != self.lane_index
@@ -358,13 +328,16 @@ class NaturalisticVehicle(IDMVehicle):
         new_rear_before = self._idm(new_rear, new_front, new_lane)
         new_rear_after = self._idm(new_rear, self, new_lane)
         self_after = self._idm(self, new_front, new_lane)
-        safe = new_rear_after >= -b_safe and self_after >= -b_safe
+        safe = bool(mobil_is_safe(self_after_mps2=self_after, new_follower_after_mps2=new_rear_after,
+                                  max_braking_mps2=b_safe))
         old_front, old_rear = road.neighbour_vehicles(self, self.lane_index)
         self_before = self._idm(self, old_front, self.lane)
         old_rear_before = self._idm(old_rear, self, self.lane)
         old_rear_after = self._idm(old_rear, old_front, self.lane)
-        gain = (self_after - self_before
-                + self._params.politeness * (new_rear_after - new_rear_before + old_rear_after - old_rear_before))
+        gain = mobil_incentive(self_before_mps2=self_before, self_after_mps2=self_after,
+                               new_follower_before_mps2=new_rear_before, new_follower_after_mps2=new_rear_after,
+                               old_follower_before_mps2=old_rear_before, old_follower_after_mps2=old_rear_after,
+                               politeness=self._params.politeness)
         return gain, safe
 
     def action_pmf(self) -> np.ndarray:

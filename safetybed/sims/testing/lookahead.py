@@ -15,7 +15,8 @@ Then, with the ego's lane ``E``:
 
 * BV in ``E`` ahead of the ego: the surrogate ego holds its current command for ``reaction_time_s`` (its control
   step: it decided at the same instant as the BV, without seeing the manoeuvre) and then follows the BV with IDM
-  (Treiber et al. 2000), acceleration clipped to ``[-max_brake_mps2, max_accel_mps2]``, integrated at ``dt_s``;
+  (Treiber et al. 2000; :mod:`safetybed.sims.idm`), acceleration clipped to ``[-max_brake_mps2, max_accel_mps2]``,
+  integrated at ``dt_s``;
 * BV in ``E`` behind the ego: the ego holds its command for ``reaction_time_s``, then keeps its speed (it does
   not react to followers);
 * a lane change into ``E`` whose BV overlaps the ego longitudinally at any time in ``[0, lane_change_s]`` (a
@@ -39,8 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from safetybed.sims.highway_driver import ACTION_LEFT, ACTION_RIGHT, FIRST_ACCELERATION_ACTION
+from safetybed.sims.idm import IDMParams, idm_acceleration
 
-_MIN_GAP_M = 0.1  # [m] floor on the IDM gap (as the background driver): overlap gives a finite, huge braking demand
 VEHICLE_LENGTH_M = 5.0  # [m] highway-env's Vehicle.LENGTH
 
 
@@ -106,17 +107,6 @@ class VehicleKinematics:
     lane_change_acceleration_mps2: float = 0.0  # acceleration held during a lane-change action [m/s^2]
 
 
-def _idm(speed_mps: np.ndarray, leader_speed_mps: np.ndarray, gap_m: np.ndarray, *, max_accel: np.ndarray,
-         comfort_decel: np.ndarray, min_gap: np.ndarray, headway: np.ndarray, desired: np.ndarray,
-         delta: np.ndarray) -> np.ndarray:
-    """IDM acceleration (Treiber et al. 2000), elementwise with broadcasting."""
-    closing = speed_mps - leader_speed_mps
-    desired_gap = min_gap + np.maximum(0.0, speed_mps * headway
-                                       + speed_mps * closing / (2.0 * np.sqrt(max_accel * comfort_decel)))
-    free = 1.0 - (np.maximum(speed_mps, 0.0) / desired) ** delta
-    return max_accel * (free - (desired_gap / np.maximum(gap_m, _MIN_GAP_M)) ** 2)
-
-
 def _constant_acceleration(position_m: np.ndarray, speed_mps: np.ndarray, acceleration_mps2: np.ndarray,
                            time_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Position and speed after ``time_s`` at a held acceleration, stopping (not reversing) at speed 0."""
@@ -176,9 +166,9 @@ def maneuver_challenge(ego: EgoKinematics, vehicles: Sequence[VehicleKinematics]
     def column(name: str) -> np.ndarray:
         return np.array([getattr(s, name) for s in surrogates], dtype=np.float64)[:, None, None]
 
-    idm = {"max_accel": column("max_accel_mps2"), "comfort_decel": column("comfort_decel_mps2"),
-           "min_gap": column("min_gap_m"), "headway": column("time_headway_s"),
-           "desired": column("desired_speed_mps"), "delta": column("delta")}
+    idm = IDMParams(max_accel_mps2=column("max_accel_mps2"), comfort_decel_mps2=column("comfort_decel_mps2"),
+                    min_gap_m=column("min_gap_m"), time_headway_s=column("time_headway_s"), delta=column("delta"))
+    desired_speed = column("desired_speed_mps")
     max_brake, reaction = column("max_brake_mps2"), column("reaction_time_s")
 
     steps = int(round(lookahead_s / dt_s))
@@ -200,7 +190,9 @@ def maneuver_challenge(ego: EgoKinematics, vehicles: Sequence[VehicleKinematics]
         if k == steps:
             break
         reacting = time_s >= reaction - 1e-9
-        idm_accel = np.clip(_idm(follower_speed, bv_speed, gap_ahead, **idm), -max_brake, idm["max_accel"])
+        idm_accel = np.clip(idm_acceleration(idm, speed_mps=follower_speed, desired_speed_mps=desired_speed,
+                                             gap_m=gap_ahead, closing_speed_mps=follower_speed - bv_speed),
+                            -max_brake, idm.max_accel_mps2)
         follower_accel = np.where(reacting, idm_accel, ego.acceleration_mps2)
         free_accel = np.where(reacting, 0.0, ego.acceleration_mps2)
         follower_position, follower_speed = _constant_acceleration(follower_position, follower_speed,
