@@ -21,24 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from safetybed.evaluate.estimators import (
-    EstimateResult,
-    EstimatorInputError,
-    crude_estimate,
-    nade_estimate,
-    scv_estimate,
-)
-from safetybed.evaluate.testbed import (
-    LOG_WEIGHT_FEATURE,
-    CutInTables,
-    TestBatch,
-    adate_batch_runner,
-    crash_episodes,
-)
+from safetybed.evaluate.estimators import EstimateResult, EstimatorInputError
+from safetybed.evaluate.registry import METHODS as REGISTRY
+from safetybed.evaluate.registry import SCV_VARIANTS  # noqa: F401 (re-exported: the rows scv reports)
+from safetybed.evaluate.testbed import CutInTables, TestBatch
 
-METHODS = ("crude", "nade", "scv", "d2rl", "adate")
-#: The SCV variants ``scv`` reports, in this order (the first is the method's primary estimate).
-SCV_VARIANTS = ("martingale", "stratified", "learned")
+#: Method names in registry (and seeding) order.
+METHODS = tuple(REGISTRY)
 
 
 @dataclass
@@ -60,71 +49,22 @@ class MethodRun:
 
 
 def estimates_for(method: str, batch: TestBatch, *, confidence: float) -> list[EstimateResult]:
-    """The estimates a method reports from its tests (SCV: martingale first, then stratified)."""
-    if method == "crude":
-        return [crude_estimate(batch.crashed, confidence=confidence)]
-    records = batch.records()
-    if method == "scv":
-        return [scv_estimate(records, variant=variant, cross_fit=True, confidence=confidence)
-                for variant in SCV_VARIANTS]
-    result = nade_estimate(records, confidence=confidence)
-    return [_renamed(result, method)]
-
-
-def _renamed(result: EstimateResult, method: str) -> EstimateResult:
-    from dataclasses import replace
-
-    return replace(result, method=method)
-
-
-def train_testbed_d2rl(tables: CutInTables, *, seed: np.random.SeedSequence, behaviour_tests: int,
-                       iterations: int, progress=None):
-    """NADE behaviour tests, then PPO on their crash episodes; returns (policy, info, behaviour tests run)."""
-    from safetybed.evaluate.d2rl import D2RLConfig, train_d2rl
-    from safetybed.sims.testing.nade import NadeProposal
-
-    behaviour_stream, train_stream = seed.spawn(2)
-    behaviour = tables.run(behaviour_tests, rng=np.random.default_rng(behaviour_stream),
-                           table=tables.tabulate(NadeProposal()))
-    episodes = crash_episodes(tables, behaviour)
-    policy, history = train_d2rl(episodes, seed=int(train_stream.generate_state(1)[0]),
-                                 config=D2RLConfig(iterations=iterations, log_weight_feature=LOG_WEIGHT_FEATURE),
-                                 progress=progress)
-    info = {"training_crash_episodes": len(episodes), "training_second_moment_ratio": history["second_moment_ratio"],
-            "policy": policy}
-    return policy, info, behaviour.n
+    """The estimates a method reports from its tests (SCV: one per variant, martingale first)."""
+    return REGISTRY[method].estimates(batch, confidence=confidence)
 
 
 def run_testbed_method(tables: CutInTables, method: str, *, tests: int, seed: int, confidence: float = 0.9,
                        d2rl_behaviour_tests: int = 20_000, d2rl_iterations: int = 40, adate_batches: int = 5,
                        progress=None) -> MethodRun:
     """Run ``tests`` tests of ``method`` on the testbed and estimate the crash probability."""
-    from safetybed.sims.testing.nade import NadeProposal
-
-    if method not in METHODS:
+    if method not in REGISTRY:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     streams = np.random.SeedSequence(seed).spawn(2)
-    test_rng = np.random.default_rng(streams[0])
-    info: dict[str, Any] = {}
-    training = 0
-    if method == "crude":
-        batch = tables.run(tests, rng=test_rng)
-    elif method in ("nade", "scv"):
-        batch = tables.run(tests, rng=test_rng, table=tables.tabulate(NadeProposal()))
-    elif method == "d2rl":
-        from safetybed.sims.testing.d2rl_proposal import D2RLProposal
-
-        policy, info, training = train_testbed_d2rl(tables, seed=streams[1], behaviour_tests=d2rl_behaviour_tests,
-                                                    iterations=d2rl_iterations, progress=progress)
-        batch = tables.run(tests, rng=test_rng, table=tables.tabulate(D2RLProposal(policy=policy)))
-    else:  # adate
-        from safetybed.evaluate.adate import batch_sizes, run_adate
-
-        sink: list[TestBatch] = []
-        result = run_adate(adate_batch_runner(tables, rng=test_rng, sink=sink), m=len(tables.bed.surrogates),
-                           sizes=batch_sizes(tests, adate_batches), progress=progress)
-        batch = TestBatch.concatenate(sink)
-        info["weights"] = [w.tolist() for w in result["weights"]]
+    batch, training, info = REGISTRY[method].run_testbed(
+        tables, tests=tests, test_rng=np.random.default_rng(streams[0]), seed_stream=streams[1],
+        confidence=confidence, progress=progress,
+        options={"d2rl_behaviour_tests": d2rl_behaviour_tests, "d2rl_iterations": d2rl_iterations,
+                 "adate_batches": adate_batches})
     return MethodRun(method=method, results=estimates_for(method, batch, confidence=confidence), batch=batch,
                      training_tests=training, info=info)
 
@@ -169,10 +109,11 @@ def coverage_study(tables: CutInTables, *, methods: list[str], repetitions: int,
     children = np.random.SeedSequence(seed).spawn(len(methods))
     for method, child in zip(methods, children, strict=True):
         rep_seeds = child.spawn(repetitions + 1)
+        entry = REGISTRY[method]
         policy = None
-        if method == "d2rl":
-            policy, _, _ = train_testbed_d2rl(tables, seed=rep_seeds[-1], behaviour_tests=20_000,
-                                              iterations=d2rl_iterations)
+        if hasattr(entry, "train_testbed"):  # a trained proposal: trained once, deployed in every repetition
+            policy, _, _ = entry.train_testbed(tables, seed_stream=rep_seeds[-1], behaviour_tests=20_000,
+                                               iterations=d2rl_iterations)
         for rep in range(repetitions):
             rep_seed = int(rep_seeds[rep].generate_state(1)[0])
             if policy is not None:
@@ -180,9 +121,9 @@ def coverage_study(tables: CutInTables, *, methods: list[str], repetitions: int,
 
                 batch = tables.run(tests[method], rng=np.random.default_rng(rep_seed),
                                    table=tables.tabulate(D2RLProposal(policy=policy)))
-                run = MethodRun(method="d2rl", results=[], batch=batch)
+                run = MethodRun(method=method, results=[], batch=batch)
                 try:
-                    run.results = estimates_for("d2rl", batch, confidence=confidence)
+                    run.results = estimates_for(method, batch, confidence=confidence)
                 except EstimatorInputError:
                     run.results = []
             else:
@@ -191,8 +132,7 @@ def coverage_study(tables: CutInTables, *, methods: list[str], repetitions: int,
                                              confidence=confidence)
                 except EstimatorInputError:
                     run = None
-            names = [f"scv-{variant}" for variant in SCV_VARIANTS] if method == "scv" else [method]
-            for k, name in enumerate(names):
+            for k, name in enumerate(entry.rows):
                 row = rows.setdefault(name, CoverageRow(method=name, repetitions=0,
                                                         tests_per_repetition=tests[method], covered=0,
                                                         estimates=[], rhws=[]))
