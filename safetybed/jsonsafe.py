@@ -3,7 +3,8 @@
 JSON has no ``inf`` or ``NaN``, so a non-finite number is written as ``null`` (``None``), everywhere: a reader
 that needs the sign of an infinity knows it from what the field is (a certified lower bound that certifies
 nothing is ``-inf``, see :mod:`safetybed.report.certificate`). numpy scalars become the Python scalar, numpy
-arrays and tuples become lists and mapping keys become strings.
+arrays and tuples become lists, mapping keys become strings and a
+:class:`~safetybed.intervals.ConfidenceInterval` becomes ``[low, high]``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from safetybed.intervals import ConfidenceInterval
 
 __all__ = ["finite_or_none", "json_safe"]
 
@@ -40,4 +43,6 @@ def json_safe(value: Any) -> Any:
         return json_safe(value.tolist())
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
+    if isinstance(value, ConfidenceInterval):
+        return [json_safe(value.low), json_safe(value.high)]
     return value

@@ -346,7 +346,7 @@ def test_crude_without_crash_gives_the_exact_upper_bound():
     assert (result.estimate, result.rhw, result.n_crashes, result.std) == (0.0, None, 0, 0.0)
     assert result.upper_bound == pytest.approx(1 - 0.1**0.1, rel=1e-12)
     assert result.upper_bound == pytest.approx(0.2056717653, rel=1e-9)
-    assert result.ci == (0.0, result.upper_bound)
+    assert tuple(result.ci) == (0.0, result.upper_bound)
     assert result.details["clopper_pearson"] == pytest.approx((0.0, 1 - 0.05**0.1), rel=1e-10)
     with pytest.raises(EstimatorInputError, match="no RHW"):
         tests_needed(result)

@@ -37,6 +37,7 @@ import torch
 from safetybed.control.algorithms import dsac_t, sac
 from safetybed.control.algorithms.replay import ReplayBuffer
 from safetybed.control.training import TrainSetup, resolve_device
+from safetybed.intervals import ConfidenceInterval
 from safetybed.sims import make_env
 from safetybed.spec import ScenarioSpec
 from safetybed.spec.catalogue import load_scenario_arg
@@ -51,7 +52,7 @@ EVAL_SEED_BASE = 10_000
 
 @dataclass(frozen=True)
 class MeanInterval:
-    """A mean with a two-sided Student-t confidence interval ``mean +- half_width``.
+    """A mean with its two-sided Student-t confidence interval ``ci = [mean - half_width, mean + half_width]``.
 
     Example: ``mean_t_interval([1, 2, 3])`` has mean 2, n 3 and half width
     ``t_{0.975, 2} * 1 / sqrt(3) = 4.3027 / 1.7321 = 2.484``.
@@ -60,16 +61,16 @@ class MeanInterval:
     mean: float
     half_width: float
     n: int
-    confidence: float
-    method: str = "Student t on seed means"
+    ci: ConfidenceInterval
 
     @property
-    def low(self) -> float:
-        return self.mean - self.half_width
+    def confidence(self) -> float:
+        return self.ci.level
 
-    @property
-    def high(self) -> float:
-        return self.mean + self.half_width
+    def to_json_dict(self) -> dict[str, Any]:
+        """The benchmark row's fields: ``mean``, ``half_width``, ``n``, ``confidence``, ``method``."""
+        return {"mean": self.mean, "half_width": self.half_width, "n": self.n, "confidence": self.ci.level,
+                "method": self.ci.method}
 
 
 def mean_t_interval(values: list[float], *, confidence: float = 0.95) -> MeanInterval:
@@ -81,10 +82,13 @@ def mean_t_interval(values: list[float], *, confidence: float = 0.95) -> MeanInt
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         raise ValueError("values: expected at least one value, got none")
+    mean = float(data.mean())
     if data.size < 2:
-        return MeanInterval(float(data.mean()), math.nan, int(data.size), confidence)
-    half = float(stats.t.ppf(0.5 + confidence / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
-    return MeanInterval(float(data.mean()), half, int(data.size), confidence)
+        half = math.nan
+    else:
+        half = float(stats.t.ppf(0.5 + confidence / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
+    return MeanInterval(mean, half, int(data.size),
+                        ConfidenceInterval(mean - half, mean + half, confidence, "Student t on seed means"))
 
 
 # -- evaluation shared by both sides ---------------------------------------------------------------------------
@@ -279,7 +283,7 @@ def bench_train(*, steps: int, seeds: int, tasks: list[str], device: str, compil
     Returns:
         ``{"protocol": ..., "learning": [row per task], "throughput": [row per task], "notes": [...],
         "wall_time_s": ...}``; each learning row holds the per-seed returns and, per side, the
-        :class:`MeanInterval` as a dict; each throughput row the medians and the ratios ours / SB3.
+        :meth:`MeanInterval.to_json_dict`; each throughput row the medians and the ratios ours / SB3.
 
     Example (the numbers in the DSAC-T report)::
 
@@ -315,7 +319,7 @@ def bench_train(*, steps: int, seeds: int, tasks: list[str], device: str, compil
                 "task": task, "steps": task_budget, "seeds": seeds, "eval_episodes": eval_episodes,
                 "sb3_env": SB3_GYM_IDS.get(task, "safetybed.sims.make_env"),
                 "dsac_t_returns": ours, "sb3_sac_returns": theirs,
-                "dsac_t": asdict(ours_ci), "sb3_sac": asdict(theirs_ci),
+                "dsac_t": ours_ci.to_json_dict(), "sb3_sac": theirs_ci.to_json_dict(),
                 "difference": ours_ci.mean - theirs_ci.mean})
         if throughput:
             warmup = batch_size

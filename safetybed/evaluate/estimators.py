@@ -53,6 +53,7 @@ from scipy import stats
 from safetybed.errors import InputError
 from safetybed.evaluate.records import TestRecord
 from safetybed.evaluate.scv_learned import CovariateError, fit_crash_model, learned_feature, parse_covariates
+from safetybed.intervals import ConfidenceInterval
 from safetybed.jsonsafe import finite_or_none, json_safe
 
 __all__ = [
@@ -85,7 +86,8 @@ class EstimateResult:
         estimate: the estimate of ``mu = P_p(crash)`` per test, the mean of ``values``.
         ci: two-sided normal interval ``estimate +- z * std / sqrt(n)`` at ``confidence`` (lower end clipped at 0
             for crude and NADE, whose values are non-negative; SCV's adjusted values can be negative, its
-            interval is not clipped). For crude MC with no crash: ``(0, upper_bound)``.
+            interval is not clipped). For crude MC with no crash: ``[0, upper_bound]``. A
+            :class:`~safetybed.intervals.ConfidenceInterval` (``[low, high]`` in JSON).
         rhw: relative half-width ``z * std / (sqrt(n) * estimate)`` (E3); None when ``estimate <= 0``.
         n: number of tests.
         n_crashes: number of tests that crashed.
@@ -100,7 +102,7 @@ class EstimateResult:
 
     method: str
     estimate: float
-    ci: tuple[float, float] | None
+    ci: ConfidenceInterval | None
     rhw: float | None
     n: int
     n_crashes: int
@@ -319,7 +321,8 @@ def _summarise(
     std = float(values.std(ddof=ddof)) if n > ddof else math.nan
     half_width = z * std / math.sqrt(n)  # (E3) numerator: half of the two-sided normal interval
     lower = estimate - half_width
-    ci = (max(lower, 0.0) if clip_at_zero else lower, estimate + half_width)
+    ci = ConfidenceInterval(max(lower, 0.0) if clip_at_zero else lower, estimate + half_width, confidence,
+                            "normal, clipped at 0" if clip_at_zero else "normal")
     rhw = half_width / estimate if estimate > 0 else None
     return EstimateResult(
         method=method, estimate=estimate, ci=ci, rhw=rhw, n=n, n_crashes=n_crashes, confidence=confidence,
@@ -381,13 +384,14 @@ def crude_estimate(crashed: Any, *, confidence: float = 0.9) -> EstimateResult:
     # Clopper & Pearson [4]: exact two-sided interval from beta quantiles.
     cp_lower = float(stats.beta.ppf(alpha / 2, n_crashes, n - n_crashes + 1)) if n_crashes > 0 else 0.0
     cp_upper = float(stats.beta.ppf(1 - alpha / 2, n_crashes + 1, n - n_crashes)) if n_crashes < n else 1.0
-    details = {"clopper_pearson": (cp_lower, cp_upper)}
+    details = {"clopper_pearson": ConfidenceInterval(cp_lower, cp_upper, confidence, "clopper-pearson")}
     if n_crashes == 0:
         # One-sided exact bound: (1 - u)^n = 1 - confidence.
         upper = -math.expm1(math.log(alpha) / n)
         return EstimateResult(
-            method="crude", estimate=0.0, ci=(0.0, upper), rhw=None, n=n, n_crashes=0, confidence=confidence,
-            std=0.0, upper_bound=upper, details={"z": _z_value(confidence), **details}, values=values,
+            method="crude", estimate=0.0, ci=ConfidenceInterval(0.0, upper, confidence, "exact one-sided binomial"),
+            rhw=None, n=n, n_crashes=0, confidence=confidence, std=0.0, upper_bound=upper,
+            details={"z": _z_value(confidence), **details}, values=values,
         )
     return _summarise("crude", values, n_crashes, confidence, clip_at_zero=True, details=details)
 

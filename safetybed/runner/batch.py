@@ -12,6 +12,7 @@ import numpy as np
 from scipy import stats
 
 from safetybed.errors import IncompleteRunError, InputError
+from safetybed.intervals import ConfidenceInterval
 from safetybed.jsonsafe import json_safe
 from safetybed.runner.episode import EpisodeTask
 from safetybed.runner.executors import EpisodeFailure, check_executor, execute
@@ -28,12 +29,6 @@ def scenario_digest(scenario: ScenarioSpec) -> str:
 
 
 @dataclass(frozen=True)
-class Interval:
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
 class RunSummary:
     """Headline statistics of a run, with their confidence intervals (``confidence`` two-sided)."""
 
@@ -43,11 +38,11 @@ class RunSummary:
     episodes: int
     planned_episodes: int
     mean_return: float
-    return_ci: Interval
+    return_ci: ConfidenceInterval
     collision_rate: float
-    collision_ci: Interval
+    collision_ci: ConfidenceInterval
     success_rate: float
-    success_ci: Interval
+    success_ci: ConfidenceInterval
     min_ttc_s: float
     min_gap_m: float
     mean_progress_m: float
@@ -58,8 +53,7 @@ class RunSummary:
 
     def to_json_dict(self) -> dict:
         """A JSON-safe dict (:func:`safetybed.jsonsafe.json_safe`); each interval is ``[low, high]``."""
-        return json_safe({key: [value.low, value.high] if isinstance(value, Interval) else value
-                          for key, value in self.__dict__.items()})
+        return json_safe(self.__dict__)
 
 
 def summarize(run_id: str, records: list[EpisodeRecord], *, scenario: str, controller: str, planned: int,
@@ -68,9 +62,10 @@ def summarize(run_id: str, records: list[EpisodeRecord], *, scenario: str, contr
     n = len(records)
     completeness_json = completeness.to_json_dict() if completeness is not None else {}
     if n == 0:
-        nan = Interval(math.nan, math.nan)
-        return RunSummary(run_id, scenario, controller, 0, planned, math.nan, nan, math.nan, nan, math.nan, nan,
-                          math.inf, math.inf, math.nan, 0, confidence, status, completeness_json)
+        mean_ci = ConfidenceInterval(math.nan, math.nan, confidence, "student-t")
+        rate_ci = ConfidenceInterval(math.nan, math.nan, confidence, "clopper-pearson")
+        return RunSummary(run_id, scenario, controller, 0, planned, math.nan, mean_ci, math.nan, rate_ci, math.nan,
+                          rate_ci, math.inf, math.inf, math.nan, 0, confidence, status, completeness_json)
     returns = np.array([r.episode_return for r in records])
     mean = float(returns.mean())
     if n > 1 and returns.std(ddof=1) > 0:
@@ -83,9 +78,11 @@ def summarize(run_id: str, records: list[EpisodeRecord], *, scenario: str, contr
     success_ci = stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="exact")
     return RunSummary(
         run_id=run_id, scenario=scenario, controller=controller, episodes=n, planned_episodes=planned,
-        mean_return=mean, return_ci=Interval(mean - half, mean + half),
-        collision_rate=collisions / n, collision_ci=Interval(collision_ci.low, collision_ci.high),
-        success_rate=successes / n, success_ci=Interval(success_ci.low, success_ci.high),
+        mean_return=mean, return_ci=ConfidenceInterval(mean - half, mean + half, confidence, "student-t"),
+        collision_rate=collisions / n,
+        collision_ci=ConfidenceInterval(collision_ci.low, collision_ci.high, confidence, "clopper-pearson"),
+        success_rate=successes / n,
+        success_ci=ConfidenceInterval(success_ci.low, success_ci.high, confidence, "clopper-pearson"),
         min_ttc_s=min(r.min_ttc_s for r in records), min_gap_m=min(r.min_gap_m for r in records),
         mean_progress_m=float(np.mean([r.progress_m for r in records])),
         total_violations=int(sum(r.violations for r in records)), confidence=confidence, status=status,
