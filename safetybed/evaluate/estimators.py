@@ -612,21 +612,39 @@ def scv_estimate(
                                   "adjusts (unbiasedness), so it needs cross_fit=True, got False")
     records = _as_list(records, "records")
     batch = _parse_records(records)
-    n, n_crashes = batch.n, int(batch.crashed.sum())
-    if n_crashes == 0:
-        raise _no_crash_error("scv_estimate", n)
-    outcomes = batch.outcomes()
-    ratios = batch.ratio_matrix(k_max)
-    odd = np.arange(n) % 2 == 1  # 2-fold cross-fitting by test index (cav_eval.md §2.3, pitfall 2)
-    adjusted = outcomes.copy()
-    fits: list[dict[str, Any]] = []
+    if int(batch.crashed.sum()) == 0:
+        raise _no_crash_error("scv_estimate", batch.n)
+    fit = _CrossFit(batch, cross_fit=cross_fit, ridge=ridge, min_crashes=min_stratum_crashes)
+    options = {"features": features, "k_max": k_max}
+    if variant == "stratified":
+        slopes, feature_names, extra = _scv_stratified(fit, **options)
+    elif variant == "martingale":
+        slopes, feature_names, extra = _scv_martingale(fit, **options)
+    else:
+        slopes, feature_names, extra = _scv_learned(fit, records, **options)
+    return fit.summary(variant, slopes=slopes, feature_names=feature_names, confidence=confidence, features=features,
+                       k_max=k_max, extra=extra)
 
-    def adjust(members: np.ndarray, designs: np.ndarray | dict[str, np.ndarray], label: dict[str, Any]) -> int:
+
+class _CrossFit:
+    """The regression shared by the SCV variants: fit ``beta`` on some tests, subtract ``beta^T design`` (E4) on
+    others (2-fold cross-fitting by test index, ``cav_eval.md`` §2.3 pitfall 2, or in-sample), recording every fit.
+    """
+
+    def __init__(self, batch: _Batch, *, cross_fit: bool, ridge: float, min_crashes: int):
+        self.batch, self.cross_fit, self.ridge, self.min_crashes = batch, cross_fit, ridge, min_crashes
+        self.outcomes = batch.outcomes()
+        self.adjusted = self.outcomes.copy()
+        self.odd = np.arange(batch.n) % 2 == 1
+        self.fits: list[dict[str, Any]] = []
+
+    def adjust(self, members: np.ndarray, designs: np.ndarray | dict[str, np.ndarray], label: dict[str, Any]) -> int:
         """Fit on the members' tests (or per fold) and subtract ``beta^T design`` (E4); returns slopes fitted.
 
         ``designs`` is one design, or one per fitting fold (the learned variant: its column depends on the fold).
         """
-        if cross_fit:  # (fit on, apply to, name of the fitting fold)
+        odd, batch = self.odd, self.batch
+        if self.cross_fit:  # (fit on, apply to, name of the fitting fold)
             plans = [(members & odd, members & ~odd, "odd"), (members & ~odd, members & odd, "even")]
         else:
             plans = [(members, members, "all")]
@@ -635,89 +653,111 @@ def scv_estimate(
             design = designs[fold] if isinstance(designs, dict) else designs
             fit_n, fit_crashes = int(fit_on.sum()), int(batch.crashed[fit_on].sum())
             record = {**label, "fit_on": fold, "n": fit_n, "crashes": fit_crashes, "beta": None, "skipped": None}
-            if fit_crashes < min_stratum_crashes:
-                record["skipped"] = f"{fit_crashes} crashes < min_stratum_crashes={min_stratum_crashes}"
+            if fit_crashes < self.min_crashes:
+                record["skipped"] = f"{fit_crashes} crashes < min_stratum_crashes={self.min_crashes}"
             elif fit_n < design.shape[1] + 2:
                 record["skipped"] = f"{fit_n} tests for {design.shape[1]} slopes + intercept"
             else:
-                beta = _fit_slopes(design[fit_on[members]], outcomes[fit_on], ridge)
+                beta = _fit_slopes(design[fit_on[members]], self.outcomes[fit_on], self.ridge)
                 # (E4): Y~ = Y - beta^T (Z - 1); the design columns already have known mean 0.
-                adjusted[apply_to] = outcomes[apply_to] - design[apply_to[members]] @ beta
+                self.adjusted[apply_to] = self.outcomes[apply_to] - design[apply_to[members]] @ beta
                 record["beta"] = beta.tolist()
                 fitted = design.shape[1]
-            fits.append(record)
+            self.fits.append(record)
         return fitted
 
+    def summary(self, variant: str, *, slopes: int, feature_names: dict[str, list[str]], confidence: float,
+                features: str, k_max: int, extra: dict[str, Any]) -> EstimateResult:
+        batch, outcomes, adjusted, fits = self.batch, self.outcomes, self.adjusted, self.fits
+        ddof = 1 if self.cross_fit else 1 + slopes
+        strata = _strata_counts(batch.n_steps, batch.crashed)
+        for stratum in strata:
+            k = stratum["k"]
+            if variant == "stratified":
+                stratum["adjusted"] = bool(1 <= k <= k_max and any(f["k"] == k and f["beta"] is not None
+                                                                   for f in fits))
+            else:
+                stratum["adjusted"] = bool(k >= 1 and any(f["beta"] is not None for f in fits))
+            if k == 0:
+                stratum["reason"] = "no critical step: Y = 1{crash}, no control variate"
+            elif variant == "stratified" and k > k_max:
+                stratum["reason"] = f"more than k_max={k_max} critical steps: left as plain IS"
+        residual_variance = float(adjusted.var(ddof=ddof))
+        return _summarise(
+            f"scv-{variant}", adjusted, int(batch.crashed.sum()), confidence, ddof=ddof, clip_at_zero=False,
+            details={
+                "variant": variant, "features": features, "cross_fit": self.cross_fit, "k_max": k_max,
+                "ridge": self.ridge, "min_stratum_crashes": self.min_crashes, "ddof": ddof,
+                "feature_names": feature_names, "strata": strata, "fits": fits,
+                "nade_estimate": float(outcomes.mean()), "nade_std": float(outcomes.std(ddof=1)),
+                "variance_ratio": (float(outcomes.var(ddof=1) / residual_variance) if residual_variance > 0
+                                   else math.inf),
+                **extra,
+            },
+        )
+
+
+def _scv_stratified(fit: _CrossFit, *, features: str, k_max: int):
+    """One regression per stratum ``K = k`` on ``Z - 1`` (Yang et al. 2022), and its own check of ``E[r | K] = 1``."""
+    batch = fit.batch
+    ratios = batch.ratio_matrix(k_max)
     feature_names: dict[str, list[str]] = {}
     check: list[dict[str, Any]] = []
-    if variant == "stratified":
-        slopes = 0
-        for k in range(1, k_max + 1):
-            members = batch.n_steps == k
-            if not members.any():
-                continue
-            subsets = _subsets(k) if features == "products" else [(j,) for j in range(k)]
-            feature_names[str(k)] = [_feature_name(subset, variant) for subset in subsets]
-            design = _stratum_features(ratios[members, :k], subsets)
-            check += _stratum_mean_check(design, feature_names[str(k)], k)
-            slopes += adjust(members, design, {"k": k})
-    else:
-        subsets = _subsets(k_max) if features == "products" else [(j,) for j in range(k_max)]
-        feature_names["all"] = [_feature_name(subset, variant) for subset in subsets]
-        design = _martingale_features(ratios, subsets)
-        if (batch.n_steps > k_max).any():  # steps past k_max share one slope instead of being dropped
-            design = np.column_stack([design, batch.tail_feature(k_max)])
-            feature_names["all"].append(f"sum_(j>{k_max})(r_j-1)")
-        everyone = np.ones(n, dtype=bool)
-        if variant == "learned":
-            designs, learned_fits = _learned_designs(records, batch, design, odd, min_stratum_crashes)
-            feature_names["all"].append("sum_j W_<j C_j g(s_j) (r_j-1)")
-            slopes = adjust(everyone, designs, {"k": "all"})
-        else:
-            slopes = adjust(everyone, design, {"k": "all"})
+    slopes = 0
+    for k in range(1, k_max + 1):
+        members = batch.n_steps == k
+        if not members.any():
+            continue
+        subsets = _subsets(k) if features == "products" else [(j,) for j in range(k)]
+        feature_names[str(k)] = [_feature_name(subset, "stratified") for subset in subsets]
+        design = _stratum_features(ratios[members, :k], subsets)
+        check += _stratum_mean_check(design, feature_names[str(k)], k)
+        slopes += fit.adjust(members, design, {"k": k})
+    # Only strata that were adjusted can bias the estimate; the others keep Y~ = Y.
+    fitted_strata = {f["k"] for f in fit.fits if f["beta"] is not None}
+    for c in check:
+        c["adjusted"] = c["k"] in fitted_strata
+    relevant = [abs(c["z"]) for c in check if c["adjusted"] and not c["constant"]]
+    max_z = max((z for z in relevant if math.isfinite(z)), default=0.0)
+    nonzero = any(z > STRATUM_CHECK_Z for z in relevant)
+    measured = (f"measured here: E[Z - 1 | K = k] != 0 (max |z| = {max_z:.1f}), so this estimate is biased"
+                if nonzero else f"no sign of it in these tests (max |z| = {max_z:.1f})")
+    extra = {"stratum_mean_check": check, "stratum_mean_max_abs_z": max_z, "stratum_means_nonzero": nonzero,
+             "caveat": f"{STRATIFIED_CAVEAT}; {measured}"}
+    return slopes, feature_names, extra
 
-    ddof = 1 if cross_fit else 1 + slopes
-    strata = _strata_counts(batch.n_steps, batch.crashed)
-    for stratum in strata:
-        k = stratum["k"]
-        if variant == "stratified":
-            stratum["adjusted"] = bool(1 <= k <= k_max and any(f["k"] == k and f["beta"] is not None for f in fits))
-        else:
-            stratum["adjusted"] = bool(k >= 1 and any(f["beta"] is not None for f in fits))
-        if k == 0:
-            stratum["reason"] = "no critical step: Y = 1{crash}, no control variate"
-        elif variant == "stratified" and k > k_max:
-            stratum["reason"] = f"more than k_max={k_max} critical steps: left as plain IS"
-    residual_variance = float(adjusted.var(ddof=ddof))
-    extra: dict[str, Any] = {}
-    if variant == "learned":
-        epsilon_min = float(batch.epsilon.min()) if batch.epsilon.size else None
-        extra = {"learned_fits": learned_fits, "epsilon_min": epsilon_min}
-        if epsilon_min is not None and epsilon_min < LEARNED_MIN_EPSILON:
-            extra["caveat"] = f"{LEARNED_CAVEAT} (min eps = {epsilon_min:g})"
-    if variant == "stratified":
-        # Only strata that were adjusted can bias the estimate; the others keep Y~ = Y.
-        fitted_strata = {f["k"] for f in fits if f["beta"] is not None}
-        for c in check:
-            c["adjusted"] = c["k"] in fitted_strata
-        relevant = [abs(c["z"]) for c in check if c["adjusted"] and not c["constant"]]
-        max_z = max((z for z in relevant if math.isfinite(z)), default=0.0)
-        nonzero = any(z > STRATUM_CHECK_Z for z in relevant)
-        measured = (f"measured here: E[Z - 1 | K = k] != 0 (max |z| = {max_z:.1f}), so this estimate is biased"
-                    if nonzero else f"no sign of it in these tests (max |z| = {max_z:.1f})")
-        extra = {"stratum_mean_check": check, "stratum_mean_max_abs_z": max_z, "stratum_means_nonzero": nonzero,
-                 "caveat": f"{STRATIFIED_CAVEAT}; {measured}"}
-    return _summarise(
-        f"scv-{variant}", adjusted, n_crashes, confidence, ddof=ddof, clip_at_zero=False,
-        details={
-            "variant": variant, "features": features, "cross_fit": cross_fit, "k_max": k_max, "ridge": ridge,
-            "min_stratum_crashes": min_stratum_crashes, "ddof": ddof, "feature_names": feature_names,
-            "strata": strata, "fits": fits, "nade_estimate": float(outcomes.mean()),
-            "nade_std": float(outcomes.std(ddof=1)),
-            "variance_ratio": float(outcomes.var(ddof=1) / residual_variance) if residual_variance > 0 else math.inf,
-            **extra,
-        },
-    )
+
+def _martingale_design(batch: _Batch, *, features: str, k_max: int, variant: str) -> tuple[np.ndarray, list[str]]:
+    """The predictable zero-mean features (E6), steps past ``k_max`` pooled into one shared column."""
+    ratios = batch.ratio_matrix(k_max)
+    subsets = _subsets(k_max) if features == "products" else [(j,) for j in range(k_max)]
+    names = [_feature_name(subset, variant) for subset in subsets]
+    design = _martingale_features(ratios, subsets)
+    if (batch.n_steps > k_max).any():  # steps past k_max share one slope instead of being dropped
+        design = np.column_stack([design, batch.tail_feature(k_max)])
+        names.append(f"sum_(j>{k_max})(r_j-1)")
+    return design, names
+
+
+def _scv_martingale(fit: _CrossFit, *, features: str, k_max: int):
+    """One global regression on the martingale features (E6); unbiased even when K depends on earlier draws."""
+    design, names = _martingale_design(fit.batch, features=features, k_max=k_max, variant="martingale")
+    slopes = fit.adjust(np.ones(fit.batch.n, dtype=bool), design, {"k": "all"})
+    return slopes, {"all": names}, {}
+
+
+def _scv_learned(fit: _CrossFit, records: list[Any], *, features: str, k_max: int):
+    """The martingale features plus (E8), a cross-fitted crash model of each critical step's state."""
+    batch = fit.batch
+    design, names = _martingale_design(batch, features=features, k_max=k_max, variant="learned")
+    designs, learned_fits = _learned_designs(records, batch, design, fit.odd, fit.min_crashes)
+    names.append("sum_j W_<j C_j g(s_j) (r_j-1)")
+    slopes = fit.adjust(np.ones(batch.n, dtype=bool), designs, {"k": "all"})
+    epsilon_min = float(batch.epsilon.min()) if batch.epsilon.size else None
+    extra: dict[str, Any] = {"learned_fits": learned_fits, "epsilon_min": epsilon_min}
+    if epsilon_min is not None and epsilon_min < LEARNED_MIN_EPSILON:
+        extra["caveat"] = f"{LEARNED_CAVEAT} (min eps = {epsilon_min:g})"
+    return slopes, {"all": names}, extra
 
 
 # -- efficiency curves -------------------------------------------------------------------------------------------
