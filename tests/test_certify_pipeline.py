@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from safetybed import seeding_keys
 from safetybed.certify import estimators
 from safetybed.certify.pipeline import resolve_certification
-from safetybed.certify.smoothing import (
-    OBSERVATION_NOISE_SPAWN_KEY,
-    SmoothedController,
-    smoothed_scenario,
-    vector_rollouts,
-)
+from safetybed.certify.smoothing import SmoothedController, smoothed_scenario, vector_rollouts
 from safetybed.control import load_controller
 from safetybed.control.checkpoint import load_checkpoint
 from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch
@@ -68,7 +64,7 @@ def test_controller_side_smoothing_equals_scenario_side_draw_for_draw():
     when both draw from the same noise stream: the pipeline's scenario-side smoothing is the smoothed policy."""
     _, noisy_env, base = cartpole_env_and_controller(sigma=0.4)
     _, clean_env, base_again = cartpole_env_and_controller()
-    smoothed = SmoothedController(base_again, sigma=0.4, noise_spawn_key=OBSERVATION_NOISE_SPAWN_KEY)
+    smoothed = SmoothedController(base_again, sigma=0.4, noise_spawn_key=seeding_keys.OBSERVATION_NOISE)
     for index in range(12):
         seed = episode_seed(3, index)
         scenario_side = rollout(noisy_env, base, seed=seed, index=index)
@@ -106,7 +102,7 @@ def test_default_noise_stream_differs_from_the_scenario_noise():
     smoothed = SmoothedController(base, sigma=1.0)
     smoothed.reset(seed=11)
     smoothed.act(np.zeros((1, 4), dtype=np.float32))
-    env_rng = np.random.default_rng(np.random.SeedSequence(11, spawn_key=(OBSERVATION_NOISE_SPAWN_KEY,)))
+    env_rng = np.random.default_rng(np.random.SeedSequence(11, spawn_key=(seeding_keys.OBSERVATION_NOISE,)))
     assert not np.allclose(seen[0][0], env_rng.normal(0.0, 1.0, size=4))
 
 
@@ -117,7 +113,7 @@ def test_frame_stack_noise_is_drawn_per_raw_frame_before_stacking():
     inputs = []
     act = base.act
     base.act = lambda batch, **kw: (inputs.append(np.array(batch)), act(batch, **kw))[1]
-    smoothed = SmoothedController(base, sigma=0.2, frame_stack=5, noise_spawn_key=OBSERVATION_NOISE_SPAWN_KEY)
+    smoothed = SmoothedController(base, sigma=0.2, frame_stack=5, noise_spawn_key=seeding_keys.OBSERVATION_NOISE)
     assert smoothed.observation_space.shape == (4,)
     stacked_env = FrameStack(ObservationNoise(make_env(scenario), std=0.2), frames=5)
     base_only = random_policy_controller(20, seed=1)

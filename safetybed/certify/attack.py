@@ -72,6 +72,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from safetybed import seeding_keys
 from safetybed.control.networks import ObsNormalizer, Policy
 from safetybed.runner.seeding import episode_seed, episode_sequence
 from safetybed.sims.framestack import push_frame
@@ -79,11 +80,6 @@ from safetybed.spec import ScenarioSpec
 
 SpendRule = Literal["flip", "fraction"]
 
-#: Spawn key of :class:`safetybed.sims.base.ObservationNoise`: the smoothing noise is drawn like the
-#: scenario's own noise, so ``budget = 0`` reproduces the runner's noisy episodes.
-_OBSERVATION_NOISE_SPAWN_KEY = (0x0B5,)
-#: Spawn key of the adversary's own draws (EOT noise samples, random starts).
-_ADVERSARY_SPAWN_KEY = 0xA77
 #: Relative slack kept below the remaining budget so float32 observations never overspend it.
 _BUDGET_SLACK = 1e-6
 
@@ -448,12 +444,13 @@ def attack_episodes(*, policy: Policy, obs_norm: ObsNormalizer, scenario: Scenar
     adversary = _Adversary(_SmoothedOutput(policy, obs_norm), settings, space.low, space.high)
 
     env_seeds = [episode_seed(seed, i) for i in range(episodes)]
-    smoothing_rngs = [np.random.default_rng(np.random.SeedSequence(s, spawn_key=_OBSERVATION_NOISE_SPAWN_KEY))
+    # The smoothing noise is drawn like the scenario's own, so budget = 0 reproduces the runner's noisy episodes.
+    smoothing_rngs = [np.random.default_rng(np.random.SeedSequence(s, spawn_key=(seeding_keys.OBSERVATION_NOISE,)))
                       for s in env_seeds]
     adversary_generators = []
     for i in range(episodes):
         sequence = np.random.SeedSequence(seed, spawn_key=(*episode_sequence(seed, i).spawn_key,
-                                                            _ADVERSARY_SPAWN_KEY))
+                                                            seeding_keys.ADVERSARY))
         generator = torch.Generator()
         generator.manual_seed(int(sequence.generate_state(1, dtype=np.uint64)[0] & (2**63 - 1)))
         adversary_generators.append(generator)

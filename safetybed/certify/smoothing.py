@@ -16,7 +16,7 @@ Two ways to run it, equal draw for draw:
   observation (frame stacking, when the scenario has it, wraps outside the noise), independent of the
   environment's and the controller's own draws. The episode returns are therefore draws from the same
   distribution as those of :class:`SmoothedController` on the noise-free scenario; with
-  ``noise_spawn_key=OBSERVATION_NOISE_SPAWN_KEY`` the two are identical episode for episode
+  ``noise_spawn_key=seeding_keys.OBSERVATION_NOISE`` the two are identical episode for episode
   (``tests/test_certify_pipeline.py`` checks it). The certification pipeline uses this side, so its episodes
   are ordinary runner records: parallel, resumable, stored.
 
@@ -35,18 +35,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from safetybed import seeding_keys
 from safetybed.control.base import Controller
 from safetybed.jsonsafe import json_safe
 from safetybed.runner.seeding import episode_seed
 from safetybed.sims.framestack import raw_space
 from safetybed.sims.rollout import EpisodeRecord
 from safetybed.spec import ScenarioSpec
-
-#: Spawn key of :class:`SmoothedController`'s noise generator; ``BundleController`` uses the same one, so a
-#: deployed bundle with ``smoothing_sigma`` draws the noise of the controller that was certified.
-SMOOTHING_SPAWN_KEY = 0x5E0
-#: Spawn key of :class:`safetybed.sims.base.ObservationNoise` (scenario-side noise).
-OBSERVATION_NOISE_SPAWN_KEY = 0x0B5
 
 
 class SmoothedController(Controller):
@@ -58,8 +53,8 @@ class SmoothedController(Controller):
         frame_stack: number of raw frames the base controller reads (oldest first, flat); the first frame
             of an episode fills every slot (as :class:`safetybed.sims.framestack.FrameStack`).
         noise_spawn_key: spawn key of the noise generator, seeded from ``SeedSequence(seed, spawn_key=(key,))``
-            at every ``reset(seed=...)``. The default matches deployment bundles; pass
-            :data:`OBSERVATION_NOISE_SPAWN_KEY` to reproduce the scenario-side noise draw for draw (never use
+            at every ``reset(seed=...)``. The default (:data:`safetybed.seeding_keys.SMOOTHING_NOISE`) matches
+            deployment bundles; pass :data:`safetybed.seeding_keys.OBSERVATION_NOISE` to reproduce the scenario-side noise draw for draw (never use
             that key together with a scenario that adds noise itself: both would draw the same numbers).
 
     The observation space is the raw (unstacked) one. Rows of a batch are separate episodes that share one
@@ -67,7 +62,7 @@ class SmoothedController(Controller):
     """
 
     def __init__(self, base: Controller, *, sigma: float, frame_stack: int = 1,
-                 noise_spawn_key: int = SMOOTHING_SPAWN_KEY):
+                 noise_spawn_key: int = seeding_keys.SMOOTHING_NOISE):
         if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"sigma: expected a finite number >= 0 (observation units), got {sigma!r}")
         if frame_stack < 1:

@@ -13,6 +13,8 @@ import abc
 import gymnasium as gym
 import numpy as np
 
+from safetybed import seeding_keys
+
 
 class Controller(abc.ABC):
     """Base class of all controllers.
@@ -37,7 +39,7 @@ class Controller(abc.ABC):
     def reset(self, *, seed: int | None = None) -> None:
         """Start a new episode; ``seed`` fixes the controller's own random draws for it."""
         if seed is not None:
-            self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0xC7,)))
+            self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(seeding_keys.CONTROLLER_RNG,)))
 
     @abc.abstractmethod
     def act(self, obs_batch: np.ndarray, *, deterministic: bool = True) -> np.ndarray:

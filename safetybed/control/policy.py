@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from safetybed import seeding_keys
 from safetybed.control.base import Controller
 from safetybed.control.checkpoint import Checkpoint
 from safetybed.control.networks import ObsNormalizer, Policy
@@ -38,7 +39,7 @@ class PolicyController(Controller):
     def reset(self, *, seed: int | None = None) -> None:
         super().reset(seed=seed)
         if seed is not None:
-            self.generator.manual_seed(int(np.random.SeedSequence(seed, spawn_key=(0x70,)).generate_state(1)[0]))
+            self.generator.manual_seed(int(np.random.SeedSequence(seed, spawn_key=(seeding_keys.POLICY_SAMPLING,)).generate_state(1)[0]))
 
     @torch.no_grad()
     def act(self, obs_batch: np.ndarray, *, deterministic: bool | None = None) -> np.ndarray:

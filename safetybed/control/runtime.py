@@ -39,6 +39,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from safetybed import seeding_keys
 from safetybed.control.base import Controller
 from safetybed.control.spaces import sha256_file, space_from_json
 from safetybed.errors import InputError
@@ -153,7 +154,7 @@ class BundleController(Controller):
     def reset(self, *, seed: int | None = None) -> None:
         super().reset(seed=seed)
         if seed is not None:
-            self.smoothing_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x5E0,)))
+            self.smoothing_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(seeding_keys.SMOOTHING_NOISE,)))
 
     @torch.no_grad()
     def act(self, obs_batch: np.ndarray, *, deterministic: bool = True) -> np.ndarray:

@@ -17,13 +17,13 @@ at the end.
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from safetybed import seeding_keys
 from safetybed.evaluate.estimators import (
     EstimateResult,
     EstimatorInputError,
@@ -143,7 +143,7 @@ class HighwaySession:
 
     def chunk_seed(self, label: str, chunk: int) -> int:
         """Run seed of chunk ``chunk`` of ``label``: a pure function of (seed, label, chunk)."""
-        key = zlib.crc32(label.encode())
+        key = seeding_keys.label_key(label)
         state = np.random.SeedSequence(self.seed, spawn_key=(key, chunk)).generate_state(1, dtype=np.uint64)[0]
         return int(state) % (2**63)
 
@@ -235,8 +235,6 @@ class DenseRL(NadeImportanceSampling):
 
     name = "d2rl"
     rows = ("d2rl",)
-    #: Spawn key of the highway D2RL training seed (``SeedSequence(seed, spawn_key=(77,))``).
-    HIGHWAY_TRAINING_KEY = 77
 
     def train_testbed(self, tables, *, seed_stream, behaviour_tests: int, iterations: int, progress=None):
         """NADE behaviour tests, then PPO on their crash episodes; returns (policy, info, behaviour tests run)."""
@@ -280,7 +278,7 @@ class DenseRL(NadeImportanceSampling):
                                  p=np.array([s["p"] for s in steps]), q_tilde=np.array([s["q_tilde"] for s in steps]),
                                  log_weight_b=float(sum(s["log_ratio"] for s in steps)))
                     for crashed, steps in logs if crashed and steps]
-        training_seed = np.random.SeedSequence(session.seed, spawn_key=(self.HIGHWAY_TRAINING_KEY,))
+        training_seed = np.random.SeedSequence(session.seed, spawn_key=(seeding_keys.HIGHWAY_D2RL_TRAINING,))
         policy, history = train_d2rl(episodes, seed=int(training_seed.generate_state(1)[0]),
                                      config=D2RLConfig(iterations=session.d2rl_iterations,
                                                        initial_epsilon=base.epsilon,

@@ -34,6 +34,7 @@ from typing import Any, TypedDict
 import gymnasium as gym
 import numpy as np
 
+from safetybed import seeding_keys
 from safetybed.sims.framestack import FrameStack
 from safetybed.spec import ScenarioSpec
 
@@ -101,7 +102,7 @@ class ObservationNoise(gym.ObservationWrapper):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None:
-            self._rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x0B5,)))
+            self._rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(seeding_keys.OBSERVATION_NOISE,)))
         return super().reset(seed=seed, options=options)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:

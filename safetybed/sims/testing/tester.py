@@ -34,6 +34,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from safetybed import seeding_keys
 from safetybed.sims.highway import HighwayScenarioEnv
 from safetybed.sims.testing.critical import CriticalContext, Decision, Proposal, critical_step, sample_action
 from safetybed.sims.testing.lookahead import (
@@ -48,8 +49,6 @@ from safetybed.spec.scenario import TESTABLE_HIGHWAY_TASKS, TestingSpec
 
 #: Tasks the tester supports: one straight road, so lane indices and longitudinal coordinates are shared.
 SUPPORTED_TASKS = TESTABLE_HIGHWAY_TASKS
-#: The tester's generator is ``SeedSequence(reset seed, spawn_key=(TESTER_SPAWN_KEY,))`` ("NAD" in ASCII).
-TESTER_SPAWN_KEY = 0x4E4144
 
 #: Features of a candidate (the D2RL observation), each scaled to roughly [-1, 1]:
 #: ``relative_position`` (BV minus ego, centre to centre along the road) / 120 m, clipped;
@@ -132,14 +131,14 @@ class HighwayTester(gym.Wrapper):
         self.surrogates = tuple(surrogates)
         self.lookahead_s = float(lookahead_s)
         self.feature_surrogate = int(feature_surrogate)
-        self._rng = np.random.default_rng(np.random.SeedSequence(0, spawn_key=(TESTER_SPAWN_KEY,)))
+        self._rng = np.random.default_rng(np.random.SeedSequence(0, spawn_key=(seeding_keys.NADE_TESTER,)))
         self.log_weight = 0.0  # log of the test's likelihood ratio so far (Feng et al. 2021: W = prod_t p_t / q_t)
         self.critical_steps = 0
 
     # -- gymnasium ----------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None:
-            self._rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(TESTER_SPAWN_KEY,)))
+            self._rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(seeding_keys.NADE_TESTER,)))
         self.log_weight = 0.0
         self.critical_steps = 0
         return super().reset(seed=seed, options=options)
@@ -320,5 +319,5 @@ def reconciled_mixture(q: float, epsilon: float, p_actual: float) -> tuple[float
     return 1.0, (1.0 - q) / (1.0 - p_actual)
 
 
-__all__ = ["CRITICAL_KEYS", "FEATURE_NAMES", "HighwayTester", "SUPPORTED_TASKS", "TESTER_SPAWN_KEY", "make_proposal",
-           "make_tester", "reconciled_mixture"]
+__all__ = ["CRITICAL_KEYS", "FEATURE_NAMES", "HighwayTester", "SUPPORTED_TASKS", "make_proposal", "make_tester",
+           "reconciled_mixture"]
