@@ -75,6 +75,7 @@ import torch
 from safetybed import seeding_keys
 from safetybed.control.networks import ObsNormalizer, Policy
 from safetybed.runner.seeding import episode_seed, episode_sequence
+from safetybed.sims.base import add_observation_noise, noise_generator
 from safetybed.sims.framestack import push_frame
 from safetybed.spec import ScenarioSpec
 
@@ -445,7 +446,7 @@ def attack_episodes(*, policy: Policy, obs_norm: ObsNormalizer, scenario: Scenar
 
     env_seeds = [episode_seed(seed, i) for i in range(episodes)]
     # The smoothing noise is drawn like the scenario's own, so budget = 0 reproduces the runner's noisy episodes.
-    smoothing_rngs = [np.random.default_rng(np.random.SeedSequence(s, spawn_key=(seeding_keys.OBSERVATION_NOISE,)))
+    smoothing_rngs = [noise_generator(s, seeding_keys.OBSERVATION_NOISE)
                       for s in env_seeds]
     adversary_generators = []
     for i in range(episodes):
@@ -483,7 +484,7 @@ def attack_episodes(*, policy: Policy, obs_norm: ObsNormalizer, scenario: Scenar
             for row, delta in zip(rows, realised, strict=True):
                 deltas[row].append(delta)
         if sigma is not None:  # the controller's own noise, drawn as ObservationNoise draws it
-            seen = np.stack([(perturbed[k] + smoothing_rngs[i].normal(0.0, sigma, size=dim)).astype(space.dtype)
+            seen = np.stack([add_observation_noise(perturbed[k], std=sigma, rng=smoothing_rngs[i], dtype=space.dtype)
                              for k, i in enumerate(rows)])
         else:
             seen = perturbed

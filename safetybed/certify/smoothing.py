@@ -39,7 +39,8 @@ from safetybed import seeding_keys
 from safetybed.control.base import Controller
 from safetybed.jsonsafe import json_safe
 from safetybed.runner.seeding import episode_seed
-from safetybed.sims.framestack import raw_space
+from safetybed.sims.base import add_observation_noise, noise_generator
+from safetybed.sims.framestack import push_frame, raw_space
 from safetybed.sims.rollout import EpisodeRecord
 from safetybed.spec import ScenarioSpec
 
@@ -74,29 +75,26 @@ class SmoothedController(Controller):
         self.noise_spawn_key = int(noise_spawn_key)
         self.name = f"smoothed:{self.sigma:g}:{base.name}" + (f" (frame_stack={frame_stack})" if frame_stack > 1
                                                               else "")
-        self.noise_rng = np.random.default_rng(np.random.SeedSequence(0, spawn_key=(self.noise_spawn_key,)))
+        self.noise_rng = noise_generator(0, self.noise_spawn_key)
         self._history: np.ndarray | None = None
 
     def reset(self, *, seed: int | None = None) -> None:
         super().reset(seed=seed)
         self.base.reset(seed=seed)
         if seed is not None:
-            self.noise_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(self.noise_spawn_key,)))
+            self.noise_rng = noise_generator(seed, self.noise_spawn_key)
         self._history = None
 
     def act(self, obs_batch: np.ndarray, *, deterministic: bool | None = None) -> np.ndarray:
         obs = self.check_batch(obs_batch)
         # Kumar, Levine & Feizi 2022, §1(b) of research/policy_smoothing.md: a fresh draw per step on the raw
         # observation, no clipping; float handling as ObservationNoise (float64 sum, then float32).
-        noisy = (obs + self.noise_rng.normal(0.0, self.sigma, size=obs.shape)).astype(np.float32)
+        noisy = add_observation_noise(obs, std=self.sigma, rng=self.noise_rng, dtype=np.float32)
         if self.frame_stack > 1:
-            if self._history is None:  # first step: the first noisy frame fills every slot
-                self._history = np.repeat(noisy[:, None, :], self.frame_stack, axis=1)
-            elif self._history.shape[0] != noisy.shape[0]:
+            if self._history is not None and self._history.shape[0] != noisy.shape[0]:
                 raise ValueError(f"obs_batch: {noisy.shape[0]} rows, but this episode started with "
                                  f"{self._history.shape[0]}; call reset() before changing the batch")
-            else:
-                self._history = np.concatenate([self._history[:, 1:], noisy[:, None, :]], axis=1)
+            self._history = push_frame(self._history, noisy, frames=self.frame_stack)
             noisy = self._history.reshape(noisy.shape[0], -1)
         options = {} if deterministic is None else {"deterministic": deterministic}
         return self.base.act(noisy, **options)

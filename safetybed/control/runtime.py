@@ -43,6 +43,7 @@ from safetybed import seeding_keys
 from safetybed.control.base import Controller
 from safetybed.control.spaces import sha256_file, space_from_json
 from safetybed.errors import InputError
+from safetybed.sims.base import add_observation_noise, noise_generator
 
 FORMAT = "safetybed-bundle/1"
 BUNDLE_MANIFEST = "bundle.json"
@@ -154,7 +155,7 @@ class BundleController(Controller):
     def reset(self, *, seed: int | None = None) -> None:
         super().reset(seed=seed)
         if seed is not None:
-            self.smoothing_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(seeding_keys.SMOOTHING_NOISE,)))
+            self.smoothing_rng = noise_generator(seed, seeding_keys.SMOOTHING_NOISE)
 
     @torch.no_grad()
     def act(self, obs_batch: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
@@ -163,7 +164,7 @@ class BundleController(Controller):
                              "comes from its smoothing_sigma observation noise")
         obs = self.check_batch(obs_batch)
         if self.smoothing_sigma:
-            obs = (obs + self.smoothing_rng.normal(0.0, self.smoothing_sigma, size=obs.shape)).astype(np.float32)
+            obs = add_observation_noise(obs, std=self.smoothing_sigma, rng=self.smoothing_rng, dtype=np.float32)
         action = self.module(torch.as_tensor(obs, device=self.device)).cpu().numpy()
         if isinstance(self.action_space, gym.spaces.Discrete):
             return action.astype(np.int64) + int(self.action_space.start)

@@ -86,6 +86,22 @@ def empty_safety() -> StepSafety:
                       violations=0)
 
 
+def noise_generator(seed: int, key: int) -> np.random.Generator:
+    """The generator of a noise stream: ``SeedSequence(seed, spawn_key=(key,))`` (keys: :mod:`safetybed.seeding_keys`)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key,)))
+
+
+def add_observation_noise(observation: np.ndarray, *, std: float, rng: np.random.Generator,
+                          dtype: Any = np.float32) -> np.ndarray:
+    """``observation + N(0, std^2 I)``, one fresh draw per entry from ``rng``, summed in float64 and cast to ``dtype``.
+
+    The one noise draw of the project: the scenario's observation noise (:class:`ObservationNoise`), the smoothed
+    controller and a bundle's smoothing noise, and the attack's replay of what the smoothed controller saw, so
+    that equal streams give equal observations (Kumar, Levine & Feizi 2022: a fresh draw per step, no clipping).
+    """
+    return (observation + rng.normal(0.0, std, size=np.shape(observation))).astype(dtype, copy=False)
+
+
 class ObservationNoise(gym.ObservationWrapper):
     """Adds fresh N(0, std^2) noise to every observation, in the observation's own units.
 
@@ -102,12 +118,11 @@ class ObservationNoise(gym.ObservationWrapper):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None:
-            self._rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(seeding_keys.OBSERVATION_NOISE,)))
+            self._rng = noise_generator(seed, seeding_keys.OBSERVATION_NOISE)
         return super().reset(seed=seed, options=options)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
-        noise = self._rng.normal(0.0, self.std, size=np.shape(observation))
-        return (observation + noise).astype(self.observation_space.dtype, copy=False)
+        return add_observation_noise(observation, std=self.std, rng=self._rng, dtype=self.observation_space.dtype)
 
 
 class ActionDelay(gym.ActionWrapper):
