@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -455,6 +455,7 @@ def bench_executors_command(
     """Ray (RAY_ADDRESS, or --loopback) vs the local pool: episodes/s, every index stored once, equal records."""
     from safetybed.runner.bench import bench_executors, format_table
 
+    cluster = nullcontext()
     if loopback:
         from safetybed.runner.loopback import LoopbackCluster, in_private_network, reexec_in_namespace
 
@@ -462,13 +463,12 @@ def bench_executors_command(
             argv = [sys.executable, "-m", "safetybed", *sys.argv[1:]]
             sys.exit(reexec_in_namespace(argv).returncode)
         half = max(1, workers // 2)
-        with LoopbackCluster(head_cpus=half, worker_cpus=max(1, workers - half)) as cluster:
-            os.environ.update(cluster.client_env())
-            _bench_executors_print(bench_executors, format_table, workers=workers, classic=classic_episodes,
-                                   highway=highway_episodes, seed=seed, as_json=as_json)
-        return
-    _bench_executors_print(bench_executors, format_table, workers=workers, classic=classic_episodes,
-                           highway=highway_episodes, seed=seed, as_json=as_json)
+        cluster = LoopbackCluster(head_cpus=half, worker_cpus=max(1, workers - half))
+    with cluster as started:
+        if started is not None:
+            os.environ.update(started.client_env())
+        _bench_executors_print(bench_executors, format_table, workers=workers, classic=classic_episodes,
+                               highway=highway_episodes, seed=seed, as_json=as_json)
 
 
 def _bench_executors_print(bench, format_table, *, workers, classic, highway, seed, as_json) -> None:
