@@ -48,6 +48,9 @@ AllowPartialFlag = Annotated[bool, typer.Option(
                             "the result names the missing ones and is valid only if they are missing for reasons "
                             "unrelated to their outcome.")]
 StoreOption = Annotated[Path | None, typer.Option("--store", help="SQLite run store (default: runs/safetybed.sqlite).")]
+BackendOption = Annotated[str | None, typer.Option(
+    "--backend", help="Simulator backend: highway-env or batched (the torch-batched highway simulator; default: the "
+                      "scenario's backend field).")]
 
 
 # While a --json command runs, file descriptor 1 points at stderr so that nothing else reaches stdout (Ray's
@@ -218,13 +221,16 @@ def run(
     store: StoreOption = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Run seed; episode i uses SeedSequence(seed).spawn()[i].")] = 0,
     resume: Annotated[str | None, typer.Option("--resume", help="Finish the missing episodes of this run id.")] = None,
+    backend: BackendOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run seeded episodes of SCENARIO against a controller and store every result."""
     from safetybed.runner import RunStore, resume_run, run_summary, start_run
     from safetybed.spec.catalogue import load_scenario_arg
+    from safetybed.spec.scenario import with_backend
 
     spec, path = load_scenario_arg(scenario)
+    spec = with_backend(spec, backend)
     store_path = _store_path(store)
     incomplete: IncompleteRunError | None = None
     with RunStore(store_path) as run_store, progress_bar(spec.name, enabled=not as_json) as progress:
@@ -373,13 +379,14 @@ def certify_command(
     store: StoreOption = None,
     workers: Annotated[int, typer.Option("--workers", min=1)] = 1,
     allow_partial: AllowPartialFlag = False,
+    backend: BackendOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Certify a smoothed controller (policy smoothing): certificate.json + report.html."""
     from safetybed.report.certificate import certify_to_folder
 
     certificate = certify_to_folder(cert_spec, episodes=episodes, attack_episodes=attack_episodes, out_dir=out_dir,
-                                    store_path=store, workers=workers, allow_partial=allow_partial,
+                                    store_path=store, workers=workers, allow_partial=allow_partial, backend=backend,
                                     progress=(lambda name: progress_bar(name, enabled=not as_json)))
     if as_json:
         emit_json(certificate, default=str)
@@ -546,6 +553,7 @@ def evaluate_command(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for evaluation.json and report.html.")]
     = None,
     allow_partial: AllowPartialFlag = False,
+    backend: BackendOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Estimate the crash rate per test with statistically efficient testing; report RHW and tests needed."""
@@ -563,7 +571,7 @@ def evaluate_command(
             document = evaluate_highway(scenario, controller=controller, methods=methods, tests=tests, seed=seed,
                                         confidence=confidence, until_rhw=until_rhw, max_tests=max_tests,
                                         workers=workers, store_path=_store_path(store), out_dir=out_dir,
-                                        allow_partial=allow_partial, progress=progress)
+                                        allow_partial=allow_partial, backend=backend, progress=progress)
             out_dir = Path(document["out_dir"])
     if out_dir is not None:
         from safetybed.report.evaluation import write_evaluation

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from safetybed.certify.pipeline import resolve_certification, torch_threads
+from safetybed.certify.pipeline import resolve_certification
 from safetybed.certify.smoothing import vector_rollouts
 from safetybed.errors import InputError
 from safetybed.runner.seeding import episode_seed
 from safetybed.sims.rollout import rollout
+from safetybed.threads import torch_threads
 
 DEFAULT_SPEC = Path("certify") / "cartpole_sigma0.2.toml"
 

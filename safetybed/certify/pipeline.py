@@ -33,8 +33,8 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -55,6 +55,8 @@ from safetybed.runner import RunStore, resume_run, start_run
 from safetybed.runner.batch import scenario_digest, stored_episodes
 from safetybed.spec import ScenarioSpec
 from safetybed.spec.certify import AttackSpec, LoadedCertifySpec, load_certify_spec
+from safetybed.spec.scenario import with_backend
+from safetybed.threads import torch_threads
 
 FORMAT = "safetybed-certificate/1"
 #: One-sided level of the attack check: ``mean + 3 SEM`` is a 0.99865 upper confidence bound (normal).
@@ -117,7 +119,7 @@ def integer_return_max(scenario: ScenarioSpec) -> int | None:
     return None
 
 
-def resolve_certification(path: str | Path) -> Certification:
+def resolve_certification(path: str | Path, *, backend: str | None = None) -> Certification:
     """Load a certification spec and everything it names; :class:`SpecError` (exit 2) on any problem."""
     from safetybed.sims import make_env
     from safetybed.spec.catalogue import load_scenario_arg
@@ -142,6 +144,7 @@ def resolve_certification(path: str | Path) -> Certification:
         scenario, scenario_path = load_scenario_arg(loaded.scenario_ref())
     except SpecError as error:
         raise SpecError(loaded.path, "scenario", str(error)) from None
+    scenario = with_backend(scenario, backend)
     if scenario.perturbations.observation_noise_std:
         raise SpecError(loaded.path, "scenario", f"{scenario.name!r} adds observation noise "
                         f"(observation_noise_std = {scenario.perturbations.observation_noise_std:g}); the "
@@ -260,24 +263,6 @@ def run_clean_episodes(cert: Certification, *, store: RunStore, episodes: int, w
 
 
 # -- attacks ------------------------------------------------------------------------------------------------
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run torch on ``count`` intra-op threads inside the block.
-
-    The attack evaluates a small MLP thousands of times per step on a few thousand rows; at that size the
-    per-op thread hand-off costs more than it saves, and on a busy machine two spinning threads per op made
-    it ~10x slower than one (measured: 1000 tanh calls on 640 x 64 floats, 1.45 s vs 0.13 s).
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 class _OutcomeRecorder(gym.Wrapper):
     """Remembers whether its episode collided / succeeded (the attack returns only returns and lengths)."""
 
@@ -450,7 +435,7 @@ def certificate_digest(certificate: dict[str, Any]) -> str:
 def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_episodes: int | None = None,
                       store_path: str | Path | None = None, workers: int = 1,
                       executor: str = "local", progress: ProgressFactory | None = None,
-                      allow_partial: bool = False) -> dict[str, Any]:
+                      allow_partial: bool = False, backend: str | None = None) -> dict[str, Any]:
     """Run a certification spec end to end and return the certificate (the content of ``certificate.json``).
 
     Nothing but the run store is written: :func:`safetybed.report.certificate.write_certificate` writes
@@ -468,6 +453,7 @@ def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_e
         allow_partial: certify from an incomplete run of clean episodes (some failed or were lost) instead of
             refusing; the certificate then names the missing indices under ``samples.completeness`` and is
             valid only if those episodes are missing for reasons unrelated to their outcome.
+        backend: run the clean episodes on this simulator backend (``None``: the scenario's own).
 
     Returns:
         The certificate, identified by ``certificate_id`` (a digest of its content).
@@ -480,7 +466,7 @@ def certify_from_spec(path: str | Path, *, episodes: int | None = None, attack_e
     from safetybed.runner import DEFAULT_STORE
 
     started = time.perf_counter()
-    cert = resolve_certification(path)
+    cert = resolve_certification(path, backend=backend)
     spec = cert.spec
     n_planned = spec.episodes if episodes is None else int(episodes)
     if n_planned < 2:

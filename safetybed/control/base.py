@@ -26,6 +26,10 @@ class Controller(abc.ABC):
 
     #: Human-readable identifier, e.g. ``"builtin:idm"``; stored with every run.
     name: str = "controller"
+    #: True when the action for a row depends only on that row (no per-episode state or random draws): the
+    #: batched backend then serves a whole batch of episodes with one ``act`` call
+    #: (:mod:`safetybed.sims.batched.rollout`); otherwise every episode gets its own controller.
+    batch_stateless: bool = False
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space):
         if not isinstance(observation_space, gym.spaces.Box):

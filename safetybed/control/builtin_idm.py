@@ -290,6 +290,7 @@ class IDMController(Controller):
     """
 
     name = "builtin:idm"
+    batch_stateless = True  # rules of the observation row only
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, *, scenario: ScenarioSpec):
         super().__init__(observation_space, action_space)

@@ -30,6 +30,11 @@ class PolicyController(Controller):
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0)
 
+    @property
+    def batch_stateless(self) -> bool:
+        """A deterministic policy maps each row on its own; sampling draws from the episode's generator."""
+        return bool(self.deterministic)
+
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, *, name: str, device: str = "cpu",
                         deterministic: bool = True) -> PolicyController:

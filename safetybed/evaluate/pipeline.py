@@ -129,7 +129,8 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
                      seed: int = 0, confidence: float = 0.9, until_rhw: float | None = None,
                      max_tests: int | None = None, workers: int = 1, store_path: Path, out_dir: Path | None = None,
                      target_rhw: float = 0.3, bootstrap_resamples: int = 200, d2rl_iterations: int = 60,
-                     adate_batches: int = 4, allow_partial: bool = False, progress=None) -> dict[str, Any]:
+                     adate_batches: int = 4, allow_partial: bool = False, backend: str | None = None,
+                     progress=None) -> dict[str, Any]:
     """Evaluate ``methods`` on a highway scenario through the batch runner (every test stored in the run store).
 
     The scenario's ``[testing]`` section (or the defaults) gives NADE's settings; each method
@@ -143,9 +144,13 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
     from safetybed.evaluate.highway import SUPPORTED_TASKS
     from safetybed.evaluate.registry import METHODS, HighwaySession
     from safetybed.spec.catalogue import load_scenario_arg
-    from safetybed.spec.scenario import TestingSpec
+    from safetybed.spec.scenario import TestingSpec, with_backend
 
     spec, path = load_scenario_arg(scenario)
+    spec = with_backend(spec, backend)
+    if spec.backend == "batched" and any(method != "crude" for method in methods):
+        raise InputError(f"--backend batched: the batched backend runs crude Monte Carlo only so far (NADE's "
+                         f"tester is not batched yet); got --method {','.join(methods)}")
     if spec.simulator != "highway" or spec.task not in SUPPORTED_TASKS:
         raise InputError(f"{path}: evaluate needs testbed:cut_in, testbed:cut_in_fixed or a highway scenario of task "
                          f"{'|'.join(SUPPORTED_TASKS)}, got simulator {spec.simulator!r} task {spec.task!r}")

@@ -33,8 +33,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from safetybed.errors import InputError
-from safetybed.runner.episode import EpisodeTask, run_episode
+from safetybed.runner.episode import BATCH_EPISODES, EpisodeTask, run_episode, run_episode_batch
 from safetybed.sims.rollout import EpisodeRecord
+from safetybed.threads import torch_threads
 
 EXECUTORS = ("local", "ray")
 
@@ -249,7 +250,45 @@ def check_executor(executor: str, *, workers: int) -> None:
         connect_ray(workers=workers)
 
 
+def run_batched(tasks: Iterable[EpisodeTask], *, workers: int = 1,
+                batch_episodes: int = BATCH_EPISODES) -> Iterator[Outcome]:
+    """The batched backend in the calling process: chunks of ``batch_episodes`` tasks, in index order.
+
+    ``workers`` is torch's intra-op thread count for the batch (records do not depend on it). A chunk that raises
+    reports every one of its episodes as failed with that error (one batch, one error).
+    """
+    tasks = list(tasks)
+    for start in range(0, len(tasks), batch_episodes):
+        chunk = tasks[start:start + batch_episodes]
+        try:
+            with torch_threads(workers):
+                records = run_episode_batch(chunk)
+        except Exception as error:
+            for task in chunk:
+                yield _failed(task, error, submissions=1)
+            continue
+        yield from records
+
+
+def _backend(tasks: list[EpisodeTask]) -> str:
+    if not tasks:
+        return "highway-env"
+    from safetybed.spec import ScenarioSpec
+
+    return ScenarioSpec.model_validate_json(tasks[0].scenario_json).backend
+
+
 def execute(tasks: Iterable[EpisodeTask], *, executor: str, workers: int) -> Iterator[Outcome]:
-    """Run ``tasks`` on the named executor, yielding one record or failure per task as episodes finish."""
+    """Run ``tasks`` on the named executor, yielding one record or failure per task as episodes finish.
+
+    A scenario on the batched backend runs its episodes in batches in the calling process (``local``), with
+    ``workers`` torch threads instead of worker processes.
+    """
     check_executor(executor, workers=workers)
+    tasks = list(tasks)
+    if _backend(tasks) == "batched":
+        if executor != "local":
+            raise InputError(f"--executor {executor}: the batched backend runs in the calling process; use "
+                             f"--executor local (or backend = 'highway-env' to spread episodes over {executor})")
+        return run_batched(tasks, workers=workers)
     return run_local(tasks, workers=workers) if executor == "local" else run_ray(tasks, workers=workers)

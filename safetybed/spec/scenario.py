@@ -32,6 +32,9 @@ from safetybed.spec.classic import ClassicSpec, ClassicTask
 from safetybed.spec.highway import HighwaySpec, HighwayTask
 
 Simulator = Literal["highway", "bullet", "classic"]
+Backend = Literal["highway-env", "batched"]
+#: Highway tasks the batched backend simulates (one straight road).
+BATCHED_HIGHWAY_TASKS = ("cruise", "cut_in", "overtaking")
 TASKS: dict[str, tuple[str, ...]] = {
     "highway": HighwayTask.__args__,
     "bullet": BulletTask.__args__,
@@ -111,6 +114,9 @@ class ScenarioSpec(StrictModel):
     bullet: BulletSpec | None = None
     classic: ClassicSpec | None = None
     testing: TestingSpec | None = None
+    #: Simulator implementation: ``highway-env`` (the gymnasium adapters) or ``batched`` (the torch-batched highway
+    #: simulator of :mod:`safetybed.sims.batched`, straight-road families only); records and seeds are the same.
+    backend: Backend = "highway-env"
 
     @model_validator(mode="after")
     def _check_task_and_section(self) -> ScenarioSpec:
@@ -126,6 +132,16 @@ class ScenarioSpec(StrictModel):
             object.__setattr__(self, self.simulator, default)
         if self.simulator == "highway":
             self.highway.check_task(self.task)
+        if self.backend == "batched":
+            if self.simulator != "highway" or self.task not in BATCHED_HIGHWAY_TASKS:
+                raise ValueError(f"backend: 'batched' simulates the highway tasks {list(BATCHED_HIGHWAY_TASKS)}, "
+                                 f"got simulator {self.simulator!r} task {self.task!r}")
+            if self.metrics.per_step_log or self.metrics.decision_log:
+                raise ValueError("backend: 'batched' does not write per-step or decision logs yet; set "
+                                 "metrics.per_step_log and metrics.decision_log to false or use 'highway-env'")
+            if self.testing is not None and self.testing.method != "nde":
+                raise ValueError(f"backend: 'batched' does not run the {self.testing.method!r} tester yet (only "
+                                 f"testing.method = 'nde'); use backend 'highway-env'")
         if self.testing is not None:
             if self.simulator != "highway":
                 raise ValueError(f"testing: section only allowed for simulator 'highway' (importance-sampled "
@@ -210,3 +226,20 @@ def load_scenario(path: str | Path) -> ScenarioSpec:
     """Read and validate a scenario spec; raise :class:`SpecError` (exit code 2) on any problem."""
     path = Path(path)
     return parse_scenario(_read_toml(path), source=path)
+
+
+def with_backend(spec: ScenarioSpec, backend: str | None) -> ScenarioSpec:
+    """``spec`` run on ``backend`` (``None``: unchanged); :class:`~safetybed.errors.InputError` if it cannot be.
+
+    The ``--backend`` flag of ``run``, ``certify`` and ``evaluate``: validated as if the spec's file said so.
+    """
+    from safetybed.errors import InputError
+
+    if backend is None or backend == spec.backend:
+        return spec
+    try:
+        return ScenarioSpec.model_validate({**spec.model_dump(), "backend": backend})
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "backend"
+        raise InputError(f"{spec.name}: --backend {backend}: {where}: {first['msg']}") from None
