@@ -447,6 +447,43 @@ def bench_sim(
     out.print(table)
 
 
+@bench_app.command("backends")
+def bench_backends(
+    scenario: Annotated[str, typer.Argument(help="A straight-road highway scenario (cruise, cut_in, overtaking).")]
+    = "highway/cut_in",
+    controller: Annotated[str, typer.Option("--controller", help="Ego controller.")] = "builtin:idm",
+    episodes: Annotated[int, typer.Option("--episodes", min=20, help="Episodes per backend.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="highway-env run seed (batched: seed + 1).")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="highway-env worker processes.")] = 1,
+    alpha: Annotated[float, typer.Option("--alpha", min=1e-6, max=0.5, help="Family-wise level (Bonferroni).")]
+    = 0.05,
+    as_json: JsonFlag = False,
+) -> None:
+    """Statistical faithfulness: two-sample tests of highway-env episodes against batched ones (float64, float32)."""
+    from safetybed.runner.compare_backends import compare_backends
+    from safetybed.spec.catalogue import load_scenario_arg
+
+    spec, _ = load_scenario_arg(scenario)
+    with progress_bar(f"{spec.name}: both backends", enabled=not as_json) as progress:
+        document = compare_backends(spec, controller, episodes=episodes, seed=seed, workers=workers, alpha=alpha,
+                                    progress=progress)
+    if as_json:
+        emit_json(document)
+        return
+    table = Table(title=f"highway-env vs batched: {spec.name}, {controller}, {episodes} episodes per backend "
+                        f"(p-values; Bonferroni threshold {document['bonferroni_threshold']:.2g})")
+    for column in ("batched dtype", "metric", "highway-env", "batched", "test", "p-value", "indistinguishable"):
+        table.add_column(column)
+    for row in document["rows"]:
+        for metric, test in row["tests"].items():
+            table.add_row(row["dtype"], metric, f"{test['reference']:.4g}", f"{test['batched']:.4g}", test["test"],
+                          f"{test['p_value']:.3g}", "yes" if test["p_value"] >= document["bonferroni_threshold"]
+                          else "NO")
+    out.print(table)
+    out.print(f"highway-env: {document['reference_wall_time_s']:.1f} s; batched: "
+              + ", ".join(f"{row['dtype']} {row['wall_time_s']:.1f} s" for row in document["rows"]))
+
+
 @bench_app.command("executors")
 def bench_executors_command(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Workers on both sides.")] = 2,

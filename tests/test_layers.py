@@ -21,6 +21,7 @@ LAYERS = {
     "": 0, "errors": 0,  # the package root (its version) and the user-facing error types
     "jsonsafe": 0, "intervals": 0,  # the one JSON encoding of non-finite numbers, the one interval type
     "seeding_keys": 0,  # every fixed SeedSequence spawn key
+    "threads": 0,  # the one switch of torch's intra-op thread count
     "spec": 1,
     "sims": 2, "control": 2,
     "runner": 3,
