@@ -195,105 +195,150 @@ class HighwayTester(gym.Wrapper):
             states.append(VehicleKinematics(position_m=float(lane_frame.local_coordinates(vehicle.position)[0]),
                                             speed_mps=float(vehicle.speed), lane=int(vehicle.target_lane_index[2]),
                                             length_m=float(vehicle.LENGTH), lane_change_acceleration_mps2=hold))
-        challenge = maneuver_challenge(ego_state, states, lanes=lanes, acceleration_grid_mps2=grid,
-                                       surrogates=self.surrogates, lookahead_s=self.lookahead_s)
-        time_fraction = base.control_step / base.scenario.episode_steps
-        contexts = []
-        for p, state, rows in zip(pmfs, states, challenge, strict=True):
-            relative_m = state.position_m - ego_s
-            range_rate_mps = state.speed_mps - ego_state.speed_mps
-            lane_relation = int(np.sign(state.lane - ego_lane))
-            nade_criticality = float(np.dot(p, rows[self.feature_surrogate]))  # Feng et al. 2021: sum_u p c
-            features = np.array([
-                np.clip(relative_m / _POSITION_SCALE_M, -1.0, 1.0),
-                np.clip(range_rate_mps / _RANGE_RATE_SCALE_MPS, -1.0, 1.0),
-                ego_state.speed_mps / _SPEED_SCALE_MPS,
-                lane_relation,
-                self.log_weight / math.log(10.0) / 10.0,
-                math.log10(nade_criticality + 1e-12) / 12.0,
-                state.speed_mps / _SPEED_SCALE_MPS,
-                time_fraction,
-            ], dtype=np.float64)
-            state_key = (lane_relation, math.floor(relative_m / _POSITION_BIN_M),
-                         math.floor(range_rate_mps / _RANGE_RATE_BIN_MPS),
-                         math.floor(ego_state.speed_mps / _SPEED_BIN_MPS))
-            contexts.append(CriticalContext(p=p, challenge=rows, features=features, state_key=state_key,
-                                            log_weight_so_far=self.log_weight))
+        contexts = candidate_contexts(ego_state, pmfs, states, lanes=lanes, acceleration_grid_mps2=grid,
+                                      surrogates=self.surrogates, lookahead_s=self.lookahead_s,
+                                      feature_surrogate=self.feature_surrogate, log_weight=self.log_weight,
+                                      time_fraction=base.control_step / base.scenario.episode_steps)
         return ids, contexts
 
     def _control_decision(self, action) -> dict[str, Any] | None:
         base: HighwayScenarioEnv = self.env.unwrapped
         ego_acceleration_mps2, ego_lane_change = base.action_type.decode(action)
         ids, contexts = self.contexts(ego_acceleration_mps2=ego_acceleration_mps2, ego_lane_change=ego_lane_change)
-        if not contexts:
+        entry = critical_entry(ids, contexts, proposal=self.proposal, rng=self._rng,
+                               time_s=base.steps / base.highway.simulation_frequency_hz)
+        if entry is None:
             return None
-        criticalities = np.array([self.proposal.criticality(context) for context in contexts], dtype=np.float64)
-        if not np.all(np.isfinite(criticalities)) or np.any(criticalities < 0):
-            raise ValueError(f"proposal {self.proposal.name!r}: criticality must be finite and >= 0, got "
-                             f"{criticalities.tolist()}")
-        pov = int(np.argmax(criticalities))  # first maximum = nearest (contexts are nearest first)
-        if not criticalities[pov] > 0:
-            return None
-        context = contexts[pov]
-        decision = self.proposal.decide(context)
-        self._check_decision(decision, context.p)
-        # The POV's action is drawn from the defensive mixture (Owen 2013; Feng et al. 2021, eq. of q).
-        chosen = sample_action(decision, context.p, float(self._rng.random()))
-        step = critical_step(decision, context.p, chosen, state_key=context.state_key)
-        base.override_next_decision(ids[pov], chosen)
-        self.log_weight += step.log_ratio  # W = prod over critical steps of p / q (Feng et al. 2021)
+        base.override_next_decision(entry["vehicle_id"], entry["action"])
+        self.log_weight += entry["log_ratio"]  # W = prod over critical steps of p / q (Feng et al. 2021)
         self.critical_steps += 1
-        vehicle = base.background_vehicle(ids[pov])
-        return {"critical": True, "proposal": self.proposal.name, "time_s": float(vehicle.time_s),
-                "vehicle_id": int(ids[pov]), "action": int(chosen), "p": step.p, "q_tilde": step.q_tilde,
-                "epsilon": step.epsilon, "log_ratio": step.log_ratio, "criticality": float(criticalities[pov]),
-                "candidates": len(contexts), "state_key": list(context.state_key),
-                "features": [float(x) for x in context.features],
-                "challenge": [float(x) for x in context.challenge[:, chosen]],
-                "p_full": [float(x) for x in context.p], "q_tilde_full": [float(x) for x in decision.q_tilde]}
-
-    def _check_decision(self, decision: Decision, p: np.ndarray) -> None:
-        q_tilde = np.asarray(decision.q_tilde, dtype=np.float64)
-        name = self.proposal.name
-        if q_tilde.shape != p.shape or not np.all(np.isfinite(q_tilde)) or np.any(q_tilde < 0):
-            raise ValueError(f"proposal {name!r}: q_tilde must be {p.shape[0]} finite probabilities >= 0, got "
-                             f"shape {q_tilde.shape}")
-        if abs(float(q_tilde.sum()) - 1.0) > 1e-6:
-            raise ValueError(f"proposal {name!r}: q_tilde must sum to 1, got {float(q_tilde.sum())!r}")
-        if not 0.0 < decision.epsilon <= 1.0:
-            raise ValueError(f"proposal {name!r}: epsilon must be in (0, 1], got {decision.epsilon!r}")
+        return entry
 
     def _reconcile_pmf(self, entry: dict[str, Any]) -> None:
-        """Make the logged likelihood ratio use the pmf the vehicle actually had when it decided.
-
-        A background vehicle acting earlier in the same frame can start a lane change that changes the POV's
-        MOBIL safety check, so its naturalistic pmf at decision time can differ from the one read before the
-        step. The importance weight must be ``p_actual(u) / q(u)`` with ``q`` the mixture actually sampled from;
-        the entry is rewritten so that ``(p, q_tilde, epsilon)`` still reproduce that ``q`` exactly
-        (:func:`reconciled_mixture`) and is flagged ``pmf_reconciled``.
-        """
+        """Make the logged likelihood ratio use the pmf the vehicle actually had when it decided
+        (:func:`reconcile_entry`)."""
         base: HighwayScenarioEnv = self.env.unwrapped
         taken = next(r for r in base.last_decisions() if r.vehicle_id == entry["vehicle_id"])
-        p_actual = float(taken.pmf[entry["action"]])
-        if abs(p_actual - entry["p"]) <= 1e-12 * max(p_actual, entry["p"]):
-            return
-        q = (1.0 - entry["epsilon"]) * entry["q_tilde"] + entry["epsilon"] * entry["p"]
-        if p_actual <= 0.0:
-            raise RuntimeError(f"HighwayTester: vehicle {entry['vehicle_id']} took action {entry['action']} that its "
-                               f"own pmf gives probability 0 at t = {entry['time_s']:g} s")
-        q_tilde, eps = reconciled_mixture(q, entry["epsilon"], p_actual)
-        log_ratio = math.log(p_actual) - math.log(q)
-        self.log_weight += log_ratio - entry["log_ratio"]
-        entry.update({"p": p_actual, "q_tilde": q_tilde, "epsilon": eps, "log_ratio": log_ratio,
-                      "pmf_reconciled": True, "p_full": [float(x) for x in taken.pmf]})
+        self.log_weight += reconcile_entry(entry, np.asarray(taken.pmf))
 
     def _check_override_taken(self, entry: dict[str, Any]) -> None:
         base: HighwayScenarioEnv = self.env.unwrapped
         taken = [r for r in base.last_decisions() if r.vehicle_id == entry["vehicle_id"]]
-        if not taken or taken[0].source != "override" or taken[0].action != entry["action"]:
-            raise RuntimeError(f"HighwayTester: vehicle {entry['vehicle_id']} did not take the overridden action "
-                               f"{entry['action']} at t = {entry['time_s']:g} s (decision: {taken}); the likelihood "
-                               f"ratio of this test would be wrong")
+        check_override_taken(entry, [(r.source, r.action) for r in taken])
+
+
+def critical_entry(ids: Sequence[int], contexts: Sequence[CriticalContext], *, proposal: Proposal,
+                   rng: np.random.Generator, time_s: float) -> dict[str, Any] | None:
+    """NADE's decision at one pending background decision: the critical-step entry, or ``None`` if not critical.
+
+    The principal other vehicle (POV) is the candidate of largest ``proposal.criticality`` (first maximum = the
+    nearest: contexts are nearest first); a step is critical when that criticality is > 0. The POV's action is
+    drawn with one ``rng.random()`` from the defensive mixture ``q = (1 - epsilon) q~ + epsilon p`` (Owen 2013;
+    Feng et al. 2021). The caller overrides the POV's decision with ``entry["action"]`` and adds
+    ``entry["log_ratio"]`` to the test's log weight. Both backends' testers call this (one home).
+    """
+    if not contexts:
+        return None
+    criticalities = np.array([proposal.criticality(context) for context in contexts], dtype=np.float64)
+    if not np.all(np.isfinite(criticalities)) or np.any(criticalities < 0):
+        raise ValueError(f"proposal {proposal.name!r}: criticality must be finite and >= 0, got "
+                         f"{criticalities.tolist()}")
+    pov = int(np.argmax(criticalities))
+    if not criticalities[pov] > 0:
+        return None
+    context = contexts[pov]
+    decision = proposal.decide(context)
+    _check_decision(proposal.name, decision, context.p)
+    chosen = sample_action(decision, context.p, float(rng.random()))
+    step = critical_step(decision, context.p, chosen, state_key=context.state_key)
+    return {"critical": True, "proposal": proposal.name, "time_s": float(time_s),
+            "vehicle_id": int(ids[pov]), "action": int(chosen), "p": step.p, "q_tilde": step.q_tilde,
+            "epsilon": step.epsilon, "log_ratio": step.log_ratio, "criticality": float(criticalities[pov]),
+            "candidates": len(contexts), "state_key": list(context.state_key),
+            "features": [float(x) for x in context.features],
+            "challenge": [float(x) for x in context.challenge[:, chosen]],
+            "p_full": [float(x) for x in context.p], "q_tilde_full": [float(x) for x in decision.q_tilde]}
+
+
+def _check_decision(name: str, decision: Decision, p: np.ndarray) -> None:
+    q_tilde = np.asarray(decision.q_tilde, dtype=np.float64)
+    if q_tilde.shape != p.shape or not np.all(np.isfinite(q_tilde)) or np.any(q_tilde < 0):
+        raise ValueError(f"proposal {name!r}: q_tilde must be {p.shape[0]} finite probabilities >= 0, got "
+                         f"shape {q_tilde.shape}")
+    if abs(float(q_tilde.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"proposal {name!r}: q_tilde must sum to 1, got {float(q_tilde.sum())!r}")
+    if not 0.0 < decision.epsilon <= 1.0:
+        raise ValueError(f"proposal {name!r}: epsilon must be in (0, 1], got {decision.epsilon!r}")
+
+
+def check_override_taken(entry: dict[str, Any], taken: Sequence[tuple[str, int]]) -> None:
+    """Raise if the POV's decision (``(source, action)`` of its decisions in the step) was not the override."""
+    if not taken or taken[0][0] != "override" or taken[0][1] != entry["action"]:
+        raise RuntimeError(f"HighwayTester: vehicle {entry['vehicle_id']} did not take the overridden action "
+                           f"{entry['action']} at t = {entry['time_s']:g} s (decision: {list(taken)}); the "
+                           f"likelihood ratio of this test would be wrong")
+
+
+def reconcile_entry(entry: dict[str, Any], pmf_taken: np.ndarray) -> float:
+    """Rewrite ``entry`` to the pmf the POV actually had when it decided; returns the change of the log weight.
+
+    A background vehicle acting earlier in the same frame can start a lane change that changes the POV's MOBIL
+    safety check, so its naturalistic pmf at decision time can differ from the one read before the step. The
+    importance weight must be ``p_actual(u) / q(u)`` with ``q`` the mixture actually sampled from; the entry is
+    rewritten so that ``(p, q_tilde, epsilon)`` still reproduce that ``q`` exactly (:func:`reconciled_mixture`)
+    and is flagged ``pmf_reconciled``.
+    """
+    p_actual = float(pmf_taken[entry["action"]])
+    if abs(p_actual - entry["p"]) <= 1e-12 * max(p_actual, entry["p"]):
+        return 0.0
+    q = (1.0 - entry["epsilon"]) * entry["q_tilde"] + entry["epsilon"] * entry["p"]
+    if p_actual <= 0.0:
+        raise RuntimeError(f"HighwayTester: vehicle {entry['vehicle_id']} took action {entry['action']} that its "
+                           f"own pmf gives probability 0 at t = {entry['time_s']:g} s")
+    q_tilde, eps = reconciled_mixture(q, entry["epsilon"], p_actual)
+    log_ratio = math.log(p_actual) - math.log(q)
+    delta = log_ratio - entry["log_ratio"]
+    entry.update({"p": p_actual, "q_tilde": q_tilde, "epsilon": eps, "log_ratio": log_ratio,
+                  "pmf_reconciled": True, "p_full": [float(x) for x in pmf_taken]})
+    return delta
+
+
+def candidate_contexts(ego_state: EgoKinematics, pmfs: Sequence[np.ndarray], states: Sequence[VehicleKinematics], *,
+                       lanes: int, acceleration_grid_mps2: np.ndarray, surrogates: Sequence[Surrogate],
+                       lookahead_s: float, feature_surrogate: int, log_weight: float, time_fraction: float,
+                       ) -> list[CriticalContext]:
+    """The :class:`CriticalContext` of each candidate (pmf ``p``, kinematics) at a pending decision.
+
+    The one home of a context (both backends' testers call it): the maneuver challenge of every action under each
+    surrogate ego (:func:`~safetybed.sims.testing.lookahead.maneuver_challenge`), the features
+    (:data:`FEATURE_NAMES`) and the state key. ``log_weight``: the test's log likelihood ratio so far;
+    ``time_fraction``: control steps so far / episode steps.
+    """
+    challenge = maneuver_challenge(ego_state, list(states), lanes=lanes, acceleration_grid_mps2=acceleration_grid_mps2,
+                                   surrogates=surrogates, lookahead_s=lookahead_s)
+    ego_s, ego_lane = ego_state.position_m, ego_state.lane
+    contexts = []
+    for p, state, rows in zip(pmfs, states, challenge, strict=True):
+        relative_m = state.position_m - ego_s
+        range_rate_mps = state.speed_mps - ego_state.speed_mps
+        lane_relation = int(np.sign(state.lane - ego_lane))
+        nade_criticality = float(np.dot(p, rows[feature_surrogate]))  # Feng et al. 2021: sum_u p c
+        features = np.array([
+            np.clip(relative_m / _POSITION_SCALE_M, -1.0, 1.0),
+            np.clip(range_rate_mps / _RANGE_RATE_SCALE_MPS, -1.0, 1.0),
+            ego_state.speed_mps / _SPEED_SCALE_MPS,
+            lane_relation,
+            log_weight / math.log(10.0) / 10.0,
+            math.log10(nade_criticality + 1e-12) / 12.0,
+            state.speed_mps / _SPEED_SCALE_MPS,
+            time_fraction,
+        ], dtype=np.float64)
+        state_key = (lane_relation, math.floor(relative_m / _POSITION_BIN_M),
+                     math.floor(range_rate_mps / _RANGE_RATE_BIN_MPS),
+                     math.floor(ego_state.speed_mps / _SPEED_BIN_MPS))
+        contexts.append(CriticalContext(p=p, challenge=rows, features=features, state_key=state_key,
+                                        log_weight_so_far=log_weight))
+    return contexts
 
 
 def reconciled_mixture(q: float, epsilon: float, p_actual: float) -> tuple[float, float]:
@@ -319,5 +364,5 @@ def reconciled_mixture(q: float, epsilon: float, p_actual: float) -> tuple[float
     return 1.0, (1.0 - q) / (1.0 - p_actual)
 
 
-__all__ = ["CRITICAL_KEYS", "FEATURE_NAMES", "HighwayTester", "SUPPORTED_TASKS", "make_proposal", "make_tester",
-           "reconciled_mixture"]
+__all__ = ["CRITICAL_KEYS", "FEATURE_NAMES", "HighwayTester", "SUPPORTED_TASKS", "candidate_contexts", "check_override_taken",
+           "critical_entry", "make_proposal", "make_tester", "reconcile_entry", "reconciled_mixture"]
