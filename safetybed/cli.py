@@ -550,6 +550,52 @@ def bench_train_command(
         out.print(format_table(result), markup=False, highlight=False)
 
 
+@bench_app.command("batched")
+def bench_batched_command(
+    batch_sizes: Annotated[str | None, typer.Option(
+        "--batch-sizes", help="Traffic batch sizes, comma-separated, each <= 16384 (default 1,16,256,1024,4096).")]
+    = None,
+    policy_batch_sizes: Annotated[str | None, typer.Option(
+        "--policy-batch-sizes", help="Policy (highway/cut_in + builtin:idm) batch sizes (default 1,16,256,1024).")]
+    = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (the batched backend).")] = "auto",
+    repeats: Annotated[int | None, typer.Option("--repeats", min=1, help="Timings per measurement (median; "
+                                                                         "default 3).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Control steps per batched traffic timing "
+                                                                     "(default 2).")] = None,
+    baseline_steps: Annotated[int | None, typer.Option("--baseline-steps", min=1, help="Control steps per "
+                                                       "highway-env traffic timing (default 5).")] = None,
+    policy_episodes: Annotated[int | None, typer.Option("--policy-episodes", min=1, help="highway-env episodes "
+                                                        "per policy timing (default 3).")] = None,
+    driver: Annotated[str, typer.Option("--driver", help="Policy scenario's background drivers: auto (the "
+                                                         "catalogue's when batched has it), idm, naturalistic.")]
+    = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch.set_num_threads for the batched "
+                                                "side (default: torch's; on a machine other processes share, 1 "
+                                                "avoids torch's threads waiting on each other).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes (for tests): batches 1,4, one repeat.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Batched highway backend vs highway-env: vehicle-frames/s, policy steps/s, episodes/s and their ratios."""
+    from safetybed.sims.batched.bench import bench_batched, format_table, parse_batch_sizes
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    result = bench_batched(
+        batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes else None,
+        policy_batch_sizes=(parse_batch_sizes(policy_batch_sizes, option="--policy-batch-sizes")
+                            if policy_batch_sizes else None),
+        device=device, repeats=repeats, quick=quick, steps=steps, baseline_steps=baseline_steps,
+        policy_episodes=policy_episodes, driver=driver,
+        progress=None if as_json else (lambda line: err.print(line, markup=False)))
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(format_table(result), markup=False, highlight=False)
+
+
 @bench_app.command("certify")
 def bench_certify_command(
     spec: Annotated[Path | None, typer.Argument(help="Certification spec (default: CartPole sigma 0.2).")] = None,
