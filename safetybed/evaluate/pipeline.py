@@ -148,9 +148,6 @@ def evaluate_highway(scenario: str, *, controller: str, methods: list[str], test
 
     spec, path = load_scenario_arg(scenario)
     spec = with_backend(spec, backend)
-    if spec.backend == "batched" and any(method != "crude" for method in methods):
-        raise InputError(f"--backend batched: the batched backend runs crude Monte Carlo only so far (NADE's "
-                         f"tester is not batched yet); got --method {','.join(methods)}")
     if spec.simulator != "highway" or spec.task not in SUPPORTED_TASKS:
         raise InputError(f"{path}: evaluate needs testbed:cut_in, testbed:cut_in_fixed or a highway scenario of task "
                          f"{'|'.join(SUPPORTED_TASKS)}, got simulator {spec.simulator!r} task {spec.task!r}")

@@ -90,6 +90,13 @@ class EgoVehicle(ControlledVehicle):
         self.odometer_m += self.speed * dt
 
 
+def decode_action(action: np.ndarray, *, accel_scale_mps2: float) -> tuple[float, int]:
+    """(acceleration [m/s^2], lane change -1/0/+1) of one Box action, clipped into [-1, 1] (module docstring)."""
+    clipped = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
+    lane_change = -1 if clipped[1] < -LANE_CHANGE_THRESHOLD else (1 if clipped[1] > LANE_CHANGE_THRESHOLD else 0)
+    return float(clipped[0]) * accel_scale_mps2, lane_change
+
+
 class LaneFollowingAccelerationAction(ActionType):
     """highway-env action type for :class:`EgoVehicle` (see the module docstring for the mapping)."""
 
@@ -107,11 +114,8 @@ class LaneFollowingAccelerationAction(ActionType):
         return EgoVehicle
 
     def decode(self, action: np.ndarray) -> tuple[float, int]:
-        """(acceleration [m/s^2], lane change -1/0/+1) of a Box action (clipped into [-1, 1])."""
-        clipped = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
-        lane_change = -1 if clipped[1] < -LANE_CHANGE_THRESHOLD else (1 if clipped[1] > LANE_CHANGE_THRESHOLD
-                                                                         else 0)
-        return float(clipped[0]) * self.accel_scale_mps2, lane_change
+        """(acceleration [m/s^2], lane change -1/0/+1) of a Box action (:func:`decode_action`)."""
+        return decode_action(action, accel_scale_mps2=self.accel_scale_mps2)
 
     def act(self, action: np.ndarray) -> None:
         acceleration, lane_change = self.decode(action)

@@ -139,9 +139,6 @@ class ScenarioSpec(StrictModel):
             if self.metrics.per_step_log or self.metrics.decision_log:
                 raise ValueError("backend: 'batched' does not write per-step or decision logs yet; set "
                                  "metrics.per_step_log and metrics.decision_log to false or use 'highway-env'")
-            if self.testing is not None and self.testing.method != "nde":
-                raise ValueError(f"backend: 'batched' does not run the {self.testing.method!r} tester yet (only "
-                                 f"testing.method = 'nde'); use backend 'highway-env'")
         if self.testing is not None:
             if self.simulator != "highway":
                 raise ValueError(f"testing: section only allowed for simulator 'highway' (importance-sampled "

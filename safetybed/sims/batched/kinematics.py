@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from safetybed.sims.batched.libm import elementwise
 from safetybed.sims.batched.placement import VEHICLE_LENGTH_M, VEHICLE_WIDTH_M
 
 MAX_SPEED_MPS = 40.0  #: highway-env ``Vehicle.MAX_SPEED`` [m/s]
@@ -40,26 +41,28 @@ def wrap_to_pi(angle: torch.Tensor) -> torch.Tensor:
     return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
 
 
-def steering_control(*, lateral_m: torch.Tensor, heading_rad: torch.Tensor, speed_mps: torch.Tensor
-                     ) -> torch.Tensor:
+def steering_control(*, lateral_m: torch.Tensor, heading_rad: torch.Tensor, speed_mps: torch.Tensor,
+                     exact: bool = True) -> torch.Tensor:
     """Steering angle [rad] towards a straight target lane of heading 0 (``ControlledVehicle.steering_control``).
 
     ``lateral_m`` is the vehicle's lateral coordinate in the target lane. The result is clipped to
     :data:`MAX_STEERING_RAD` (twice in highway-env, once in the method and once by the caller: the same).
+    ``exact``: the C library's scalar routines (:mod:`safetybed.sims.batched.libm`).
     """
     lateral_speed_command = -KP_LATERAL * lateral_m
-    heading_command = torch.arcsin(torch.clamp(lateral_speed_command / not_zero(speed_mps), -1.0, 1.0))
+    heading_command = elementwise(torch.arcsin, torch.clamp(lateral_speed_command / not_zero(speed_mps), -1.0, 1.0),
+                                  exact=exact)
     heading_ref = torch.clamp(heading_command, -math.pi / 4, math.pi / 4)
     heading_rate_command = KP_HEADING * wrap_to_pi(heading_ref - heading_rad)
-    slip_angle = torch.arcsin(torch.clamp(VEHICLE_LENGTH_M / 2 / not_zero(speed_mps) * heading_rate_command,
-                                          -1.0, 1.0))
-    steering = torch.arctan(2 * torch.tan(slip_angle))
+    slip_angle = elementwise(torch.arcsin, torch.clamp(
+        VEHICLE_LENGTH_M / 2 / not_zero(speed_mps) * heading_rate_command, -1.0, 1.0), exact=exact)
+    steering = elementwise(torch.arctan, 2 * elementwise(torch.tan, slip_angle, exact=exact), exact=exact)
     return torch.clamp(steering, -MAX_STEERING_RAD, MAX_STEERING_RAD)
 
 
 def bicycle_step(*, x_m: torch.Tensor, y_m: torch.Tensor, heading_rad: torch.Tensor, speed_mps: torch.Tensor,
-                 steering_rad: torch.Tensor, acceleration_mps2: torch.Tensor, crashed: torch.Tensor, dt_s: float
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 steering_rad: torch.Tensor, acceleration_mps2: torch.Tensor, crashed: torch.Tensor, dt_s: float,
+                 exact: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One frame of ``Vehicle.step`` (after ``clip_actions``): new (x, y, heading, speed); impacts are the caller's.
 
     A crashed vehicle steers 0 and brakes with ``-speed``; above :data:`MAX_SPEED_MPS` the acceleration is capped at
@@ -71,20 +74,22 @@ def bicycle_step(*, x_m: torch.Tensor, y_m: torch.Tensor, heading_rad: torch.Ten
                                torch.minimum(acceleration, 1.0 * (MAX_SPEED_MPS - speed_mps)), acceleration)
     acceleration = torch.where(speed_mps < MIN_SPEED_MPS,
                                torch.maximum(acceleration, 1.0 * (MIN_SPEED_MPS - speed_mps)), acceleration)
-    beta = torch.arctan(1 / 2 * torch.tan(steering))
-    x = x_m + speed_mps * torch.cos(heading_rad + beta) * dt_s
-    y = y_m + speed_mps * torch.sin(heading_rad + beta) * dt_s
-    heading = heading_rad + speed_mps * torch.sin(beta) / (VEHICLE_LENGTH_M / 2) * dt_s
+    beta = elementwise(torch.arctan, 1 / 2 * elementwise(torch.tan, steering, exact=exact), exact=exact)
+    x = x_m + speed_mps * elementwise(torch.cos, heading_rad + beta, exact=exact) * dt_s
+    y = y_m + speed_mps * elementwise(torch.sin, heading_rad + beta, exact=exact) * dt_s
+    heading = heading_rad + speed_mps * elementwise(torch.sin, beta, exact=exact) / (VEHICLE_LENGTH_M / 2) * dt_s
     speed = speed_mps + acceleration * dt_s
     return x, y, heading, speed
 
 
-def rectangle_corners(x_m: torch.Tensor, y_m: torch.Tensor, heading_rad: torch.Tensor) -> torch.Tensor:
+def rectangle_corners(x_m: torch.Tensor, y_m: torch.Tensor, heading_rad: torch.Tensor, *, exact: bool = True
+                      ) -> torch.Tensor:
     """Corners ``[..., 4, 2]`` of each vehicle's rectangle in highway-env's ``RoadObject.polygon`` order."""
     half_length, half_width = VEHICLE_LENGTH_M / 2, VEHICLE_WIDTH_M / 2
     local = torch.tensor([[-half_length, -half_width], [-half_length, half_width], [half_length, half_width],
                           [half_length, -half_width]], dtype=x_m.dtype, device=x_m.device)
-    c, s = torch.cos(heading_rad)[..., None], torch.sin(heading_rad)[..., None]
+    c = elementwise(torch.cos, heading_rad, exact=exact)[..., None]
+    s = elementwise(torch.sin, heading_rad, exact=exact)[..., None]
     px, py = local[:, 0], local[:, 1]
     corner_x = (c * px + -s * py) + x_m[..., None]
     corner_y = (s * px + c * py) + y_m[..., None]
@@ -94,13 +99,26 @@ def rectangle_corners(x_m: torch.Tensor, y_m: torch.Tensor, heading_rad: torch.T
 def _edge_normals(corners: torch.Tensor) -> torch.Tensor:
     """Unit normals ``[..., 4, 2]`` of the edges p_k -> p_{k+1} (closed polygon), as highway-env computes them."""
     following = torch.roll(corners, shifts=-1, dims=-2)
-    normal = torch.stack([-following[..., 1] + corners[..., 1], following[..., 0] - corners[..., 0]], dim=-1)
-    return normal / torch.linalg.vector_norm(normal, dim=-1, keepdim=True)
+    nx = -following[..., 1] + corners[..., 1]
+    ny = following[..., 0] - corners[..., 0]
+    norm = torch.sqrt(nx * nx + ny * ny)  # np.linalg.norm of a 2-vector
+    return torch.stack([nx / norm, ny / norm], dim=-1)
+
+
+def _dot(points: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
+    """``[M, K, P]`` projections ``p . a`` of points ``[M, P, 2]`` on axes ``[M, K, 2]``, written out (no BLAS), so
+    that every element is ``px * ax + py * ay`` whatever the batch."""
+    return (points[:, None, :, 0] * axes[:, :, None, 0]) + (points[:, None, :, 1] * axes[:, :, None, 1])
 
 
 def _interval_distance(min_a, max_a, min_b, max_b):
     """highway-env ``utils.interval_distance`` (negative when the intervals overlap)."""
     return torch.where(min_a < min_b, min_b - max_a, min_a - max_b)
+
+
+def _centre(corners: torch.Tensor) -> torch.Tensor:
+    """Mean of the four corners, summed in numpy's order for fewer than 8 terms (sequentially)."""
+    return (((corners[:, 0] + corners[:, 1]) + corners[:, 2]) + corners[:, 3]) / 4
 
 
 def sat_collision(corners_a: torch.Tensor, corners_b: torch.Tensor, displacement_a: torch.Tensor,
@@ -112,12 +130,12 @@ def sat_collision(corners_a: torch.Tensor, corners_b: torch.Tensor, displacement
     from B's centre towards A's (meaningful where ``will_intersect``).
     """
     normals = torch.cat([_edge_normals(corners_a), _edge_normals(corners_b)], dim=-2)  # [M, 8, 2]
-    proj_a = torch.einsum("mpc,mkc->mkp", corners_a, normals)  # [M, 8, 4]
-    proj_b = torch.einsum("mpc,mkc->mkp", corners_b, normals)
+    proj_a, proj_b = _dot(corners_a, normals), _dot(corners_b, normals)  # [M, 8, 4]
     min_a, max_a = proj_a.min(dim=-1).values, proj_a.max(dim=-1).values
     min_b, max_b = proj_b.min(dim=-1).values, proj_b.max(dim=-1).values
     intersecting = (_interval_distance(min_a, max_a, min_b, max_b) <= 0).all(dim=-1)
-    velocity_projection = torch.einsum("mkc,mc->mk", normals, displacement_a - displacement_b)
+    relative = displacement_a - displacement_b
+    velocity_projection = normals[..., 0] * relative[:, None, 0] + normals[..., 1] * relative[:, None, 1]
     min_a = torch.where(velocity_projection < 0, min_a + velocity_projection, min_a)
     max_a = torch.where(velocity_projection < 0, max_a, max_a + velocity_projection)
     distance = _interval_distance(min_a, max_a, min_b, max_b)
@@ -125,8 +143,9 @@ def sat_collision(corners_a: torch.Tensor, corners_b: torch.Tensor, displacement
     best = distance.abs().argmin(dim=-1)  # first minimum, as the strict '<' of the reference loop
     axis = normals.gather(1, best[:, None, None].expand(-1, 1, 2))[:, 0]
     min_distance = distance.abs().gather(1, best[:, None])[:, 0]
-    centre_difference = corners_a.mean(dim=-2) - corners_b.mean(dim=-2)
-    sign = torch.where((centre_difference * axis).sum(-1) > 0, 1.0, -1.0).to(axis.dtype)
+    centre_difference = _centre(corners_a) - _centre(corners_b)
+    along = centre_difference[:, 0] * axis[:, 0] + centre_difference[:, 1] * axis[:, 1]
+    sign = torch.where(along > 0, 1.0, -1.0).to(axis.dtype)
     translation = min_distance[:, None] * (sign[:, None] * axis)
     return intersecting, will_intersect, translation
 

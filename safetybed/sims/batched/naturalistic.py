@@ -40,6 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from safetybed.sims.batched.libm import elementwise, libm_pow
 from safetybed.sims.batched.placement import KIND_NATURALISTIC, VEHICLE_LENGTH_M, Scene
 from safetybed.sims.batched.road import reachable
 from safetybed.sims.highway_driver import (
@@ -57,32 +58,6 @@ SOURCE_NAMES = ("sampled", "override", "script")  #: ``SOURCE_NAMES[code]``
 MIN_LANE_CHANGE_SPEED_MPS = 1.0  #: no lane change below this speed [m/s] (highway-env's ``IDMVehicle``)
 SCRIPT_TOLERANCE_S = 1e-9  #: a scripted action is due at the first decision at or after its time minus this [s]
 _PAIRWISE_BLOCK = 8  # numpy's pairwise summation: 8 interleaved accumulators (blocks of at most 128 elements)
-
-
-def elementwise(op, values: torch.Tensor, *args) -> torch.Tensor:
-    """``op(values, *args)`` computed by the same scalar routine for every element, whatever the tensor's size.
-
-    On CPU, torch evaluates transcendental functions of contiguous tensors with SIMD routines (Sleef) for full
-    vectors and with the C library for the remainder, so an element's last bit depends on where it falls in the
-    tensor, i.e. on the batch. Given a strided view instead, torch runs its scalar loop (the C library's
-    ``pow`` / ``exp`` / ``cos`` / ``sin``, which numpy's scalars use as well) on every element: results are
-    independent of the batch and ``pow`` equals numpy's ``np.float64 ** x`` bitwise. Other devices evaluate each
-    element independently already.
-    """
-    if values.device.type != "cpu" or values.numel() == 0:
-        return op(values, *args)
-    spread = torch.empty((*values.shape, 2), dtype=values.dtype, device=values.device)
-    spread[..., 0] = values
-    return op(spread[..., 0], *args)
-
-
-def libm_pow(base: torch.Tensor, exponent: float) -> torch.Tensor:
-    """``base ** exponent`` as numpy computes it on float64 scalars (the C library's ``pow``; see :func:`elementwise`).
-
-    The exponent is passed as a tensor: torch turns a scalar exponent 2 into ``x * x``, which differs from
-    ``pow(x, 2)`` in the last bit for about 0.1 % of the inputs.
-    """
-    return elementwise(torch.pow, base, torch.tensor(exponent, dtype=base.dtype, device=base.device))
 
 
 def pairwise_sum(values: torch.Tensor) -> torch.Tensor:
@@ -497,5 +472,5 @@ class NaturalisticTraffic:
 
 
 __all__ = ["SOURCE_NAMES", "SOURCE_NONE", "SOURCE_OVERRIDE", "SOURCE_SAMPLED", "SOURCE_SCRIPT",
-           "NaturalisticTraffic", "acceleration_pmf", "elementwise", "lane_change_probability", "libm_pow",
+           "NaturalisticTraffic", "acceleration_pmf", "lane_change_probability",
            "pairwise_sum"]

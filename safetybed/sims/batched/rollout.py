@@ -9,6 +9,8 @@ does. Every random draw comes from the episode's own streams:
 * observation noise: ``noise_generator(seed, OBSERVATION_NOISE)``, the stream of
   :class:`~safetybed.sims.base.ObservationNoise`, drawn for the whole episode at reset (the same numbers in the
   same order as one draw per step);
+* the NADE tester (``[testing] method`` other than ``nde``): :class:`~safetybed.sims.batched.tester.BatchedTester`,
+  whose critical-step entries go into the record's ``decisions`` as the highway-env tester's do;
 * the controller: one controller acts on the whole batch in one call when its actions depend on nothing but the
   observation rows (``batch_stateless``: ``builtin:idm``, a deterministic policy); otherwise each episode gets
   its own controller, reset with its seed, and acts on its own row (exact, slower).
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 from safetybed import seeding_keys
+from safetybed.jsonsafe import json_safe
 from safetybed.sims.base import noise_generator
 from safetybed.sims.batched.sim import BatchedHighway
 from safetybed.sims.framestack import push_frame
@@ -72,15 +75,18 @@ def batched_rollouts(spec: ScenarioSpec, make_controller: Callable[[], Any], *, 
     if len(seeds) != len(indices) or not seeds:
         raise ValueError(f"seeds, indices: expected two non-empty sequences of equal length, got {len(seeds)} "
                          f"and {len(indices)}")
-    if spec.testing is not None and spec.testing.method != "nde":
-        raise ValueError(f"spec.testing.method: the batched backend runs naturalistic traffic only ('nde'), got "
-                         f"{spec.testing.method!r}")
     started = time.perf_counter()
     perturb = spec.perturbations
     sim = BatchedHighway(spec, device=device, dtype=dtype)
     controllers = _EpisodeControllers(make_controller, seeds, deterministic=deterministic)
     batch = len(seeds)
     raw = sim.reset(seeds).cpu().numpy().astype(np.float32)
+    tester = None
+    if spec.testing is not None and spec.testing.method != "nde":
+        from safetybed.sims.batched.tester import BatchedTester
+
+        tester = BatchedTester(sim, spec.testing, seeds=seeds)
+    decisions: list[list[dict[str, Any]] | None] = [None] * batch
     noise = None
     if perturb.observation_noise_std > 0:
         noise = np.stack([noise_generator(int(seed), seeding_keys.OBSERVATION_NOISE).normal(
@@ -114,7 +120,12 @@ def batched_rollouts(spec: ScenarioSpec, make_controller: Callable[[], Any], *, 
         if delayed:
             delayed.append(action)
             action = delayed.popleft()
+        if tester is not None:
+            tester.before_step(action, running=running)
         result = sim.step(torch.as_tensor(action.astype(np.float64)))
+        if tester is not None:
+            for k, entry in tester.after_step().items():
+                decisions[k] = (decisions[k] or []) + [json_safe(entry)]
         out = {name: getattr(result, name).cpu().numpy() for name in
                ("reward", "terminated", "truncated", "collision", "success", "ttc_s", "gap_m", "progress_m",
                 "violations")}
@@ -138,7 +149,8 @@ def batched_rollouts(spec: ScenarioSpec, make_controller: Callable[[], Any], *, 
                           length=int(length[k]), collision=bool(collision[k]), success=bool(success[k]),
                           terminated=bool(terminated[k]), truncated=bool(truncated[k]),
                           min_ttc_s=float(min_ttc[k]), min_gap_m=float(min_gap[k]), progress_m=float(progress[k]),
-                          violations=int(violations[k]), wall_time_s=wall_s) for k in range(batch)]
+                          violations=int(violations[k]), wall_time_s=wall_s, decisions=decisions[k])
+            for k in range(batch)]
 
 
 __all__ = ["batch_stateless", "batched_rollouts"]

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from safetybed.sims.batched import kinematics
+from safetybed.sims.batched.libm import elementwise, libm_pow
 from safetybed.sims.batched.placement import (
     KIND_EGO,
     KIND_IDM,
@@ -86,6 +87,9 @@ class BatchedHighway:
         self.highway = spec.highway
         self.device = torch.device(device)
         self.dtype = dtype
+        #: float64 is the reference mode: the C library's scalar math, batch-independent and bitwise equal to
+        #: numpy's (:mod:`safetybed.sims.batched.libm`); float32 the speed mode (SIMD math).
+        self.exact = dtype == torch.float64
         self.lanes = self.highway.lanes
         self.length_m = float(self.highway.road_length_m)
         self.speed_limit_mps = float(self.highway.speed_limit_mps)
@@ -193,29 +197,29 @@ class BatchedHighway:
         f = follower.clamp(min=0)
         speed, heading = self.speed[env, f], self.heading[env, f]
         target = torch.clamp(self.target_speed[env, f], 0.0, self.speed_limit_mps)
-        acceleration = self.cam * (1 - torch.pow(torch.clamp(speed, min=0.0)
-                                                 / kinematics.not_zero(target).abs(), self.delta))
+        acceleration = self.cam * (1 - libm_pow(torch.clamp(speed, min=0.0) / kinematics.not_zero(target).abs(),
+                                                self.delta, exact=self.exact))
         lead = leader.clamp(min=0)
         gap = self.x[env, lead] - self.x[env, f]
         lead_speed, lead_heading = self.speed[env, lead], self.heading[env, lead]
-        cos_h, sin_h = torch.cos(heading), torch.sin(heading)
-        closing = ((speed * cos_h - lead_speed * torch.cos(lead_heading)) * cos_h
-                   + (speed * sin_h - lead_speed * torch.sin(lead_heading)) * sin_h)
+        closing = self._closing(speed, heading, lead_speed, lead_heading)
         desired = (self.distance_wanted_m + speed * self.time_wanted_s
                    + speed * closing / (2 * math.sqrt(-self.cam * self.cam_min)))
-        interaction = self.cam * torch.pow(desired / kinematics.not_zero(gap), 2)
+        interaction = self.cam * libm_pow(desired / kinematics.not_zero(gap), 2.0, exact=self.exact)
         acceleration = torch.where(leader >= 0, acceleration - interaction, acceleration)
         return torch.where(follower >= 0, acceleration, torch.zeros_like(acceleration))
 
-    def desired_gap(self, env: torch.Tensor, follower: torch.Tensor, leader: torch.Tensor) -> torch.Tensor:
-        """highway-env ``IDMVehicle.desired_gap`` (projected closing speed) [m]."""
-        speed, heading = self.speed[env, follower], self.heading[env, follower]
-        lead_speed, lead_heading = self.speed[env, leader], self.heading[env, leader]
-        cos_h, sin_h = torch.cos(heading), torch.sin(heading)
-        closing = ((speed * cos_h - lead_speed * torch.cos(lead_heading)) * cos_h
-                   + (speed * sin_h - lead_speed * torch.sin(lead_heading)) * sin_h)
-        return (self.distance_wanted_m + speed * self.time_wanted_s
-                + speed * closing / (2 * math.sqrt(-self.cam * self.cam_min)))
+    def _closing(self, speed, heading, lead_speed, lead_heading) -> torch.Tensor:
+        """``dot(v_follower - v_leader, direction_follower)`` [m/s], in numpy's operation order."""
+        cos_h, sin_h = self.cos(heading), self.sin(heading)
+        return ((speed * cos_h - lead_speed * self.cos(lead_heading)) * cos_h
+                + (speed * sin_h - lead_speed * self.sin(lead_heading)) * sin_h)
+
+    def cos(self, angle: torch.Tensor) -> torch.Tensor:
+        return elementwise(torch.cos, angle, exact=self.exact)
+
+    def sin(self, angle: torch.Tensor) -> torch.Tensor:
+        return elementwise(torch.sin, angle, exact=self.exact)
 
     def lateral_in(self, env: torch.Tensor, slot: torch.Tensor, lane: torch.Tensor) -> torch.Tensor:
         return self.y[env, slot] - LANE_WIDTH_M * lane.to(self.dtype)
@@ -237,13 +241,14 @@ class BatchedHighway:
             raise ValueError(f"action: expected shape ({self.batch}, 2), got {tuple(action.shape)}")
         if not bool(torch.isfinite(action).all()):
             raise ValueError("action: expected finite numbers in [-1, 1], got NaN or inf")
-        self._command_ego(action)
+        self.command_ego(action)
         for _ in range(self.frames_per_step):
             self._frame()
         self.control_step += 1
         return self._result()
 
-    def _command_ego(self, action: torch.Tensor) -> None:
+    def command_ego(self, action: torch.Tensor) -> None:
+        """Decode the ego actions ``[B, 2]`` and retarget its lane (``EgoVehicle.command``; idempotent in a step)."""
         clipped = torch.clamp(action, -1.0, 1.0)
         self.command_mps2 = clipped[:, 0] * self.highway.ego.accel_scale_mps2
         lane_change = torch.where(clipped[:, 1] < -LANE_CHANGE_THRESHOLD, -1,
@@ -269,7 +274,8 @@ class BatchedHighway:
             self.naturalistic.decide(before)
         self._idm_lane_changes(before)
         lateral = self.y - LANE_WIDTH_M * self.target_lane.to(self.dtype)
-        steering = kinematics.steering_control(lateral_m=lateral, heading_rad=self.heading, speed_mps=self.speed)
+        steering = kinematics.steering_control(lateral_m=lateral, heading_rad=self.heading, speed_mps=self.speed,
+                                               exact=self.exact)
         acceleration = torch.zeros_like(self.x)
         # the ego: its command, never reversing from a stop
         ego_acc = torch.where(self.speed[:, 0] <= 0, torch.clamp(self.command_mps2, min=0.0), self.command_mps2)
@@ -367,10 +373,7 @@ class BatchedHighway:
     def _desired_gaps(self, env: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """``desired_gap(self, v)`` ``[M, N]`` of each query vehicle against every vehicle of its episode."""
         speed, heading = self.speed[env, slot][:, None], self.heading[env, slot][:, None]
-        other_speed, other_heading = self.speed[env], self.heading[env]
-        cos_h, sin_h = torch.cos(heading), torch.sin(heading)
-        closing = ((speed * cos_h - other_speed * torch.cos(other_heading)) * cos_h
-                   + (speed * sin_h - other_speed * torch.sin(other_heading)) * sin_h)
+        closing = self._closing(speed, heading, self.speed[env], self.heading[env])
         return (self.distance_wanted_m + speed * self.time_wanted_s
                 + speed * closing / (2 * math.sqrt(-self.cam * self.cam_min)))
 
@@ -380,7 +383,7 @@ class BatchedHighway:
                                  self.timer)
         x, y, heading, speed = kinematics.bicycle_step(
             x_m=self.x, y_m=self.y, heading_rad=self.heading, speed_mps=self.speed, steering_rad=steering,
-            acceleration_mps2=acceleration, crashed=self.crashed, dt_s=self.dt_s)
+            acceleration_mps2=acceleration, crashed=self.crashed, dt_s=self.dt_s, exact=self.exact)
         x = torch.where(self.has_impact, x + self.impact[..., 0], x)
         y = torch.where(self.has_impact, y + self.impact[..., 1], y)
         self.crashed = self.crashed | (self.has_impact & self.present)
@@ -403,8 +406,8 @@ class BatchedHighway:
         first, second, env = self._pairs()
         if first.numel() == 0:
             return
-        corners = kinematics.rectangle_corners(self.x, self.y, self.heading)
-        cos_h, sin_h = torch.cos(self.heading), torch.sin(self.heading)
+        corners = kinematics.rectangle_corners(self.x, self.y, self.heading, exact=self.exact)
+        cos_h, sin_h = self.cos(self.heading), self.sin(self.heading)
         velocity = torch.stack([self.speed * cos_h, self.speed * sin_h], dim=-1)
         intersecting, will, translation = kinematics.sat_collision(
             corners[env, first], corners[env, second], velocity[env, first] * self.dt_s,
@@ -485,8 +488,7 @@ class BatchedHighway:
         key = torch.where(visible, distance, torch.full_like(distance, math.inf))
         order = torch.argsort(key, dim=1, stable=True)[:, :highway.observed_vehicles]
         shown = visible.gather(1, order)
-        cos_h, sin_h = torch.cos(self.heading), torch.sin(self.heading)
-        vx, vy = self.speed * cos_h, self.speed * sin_h
+        vx, vy = self.speed * self.cos(self.heading), self.speed * self.sin(self.heading)
         features = torch.stack([torch.ones_like(dx), dx, self.y - lane_y[:, None], vx - vx[:, :1], vy], dim=2)
         slots = features.gather(1, order[:, :, None].expand(-1, -1, features.shape[2]))
         slots = torch.where(shown[:, :, None], slots, torch.zeros_like(slots))
@@ -500,7 +502,7 @@ class BatchedHighway:
         front, _ = self.neighbours(env, zero, self.lane[:, 0])
         lead = front.clamp(min=0)
         gap = torch.clamp(self.x[env, lead] - self.x[:, 0] - VEHICLE_LENGTH_M, min=0.0)
-        closing = self.speed[:, 0] * torch.cos(self.heading[:, 0]) - self.speed[env, lead] * torch.cos(
+        closing = self.speed[:, 0] * self.cos(self.heading[:, 0]) - self.speed[env, lead] * self.cos(
             self.heading[env, lead])
         inf = torch.full_like(gap, math.inf)
         ttc = torch.where(closing > 1e-9, gap / torch.where(closing > 1e-9, closing, torch.ones_like(closing)), inf)
@@ -509,7 +511,7 @@ class BatchedHighway:
 
     def _result(self) -> StepResult:
         collision = self.crashed[:, 0].clone()
-        forward = self.speed[:, 0] * torch.cos(self.heading[:, 0])
+        forward = self.speed[:, 0] * self.cos(self.heading[:, 0])
         lateral = self.y[:, 0] - LANE_WIDTH_M * self.lane[:, 0].to(self.dtype)
         on_road = on_lane(x_m=self.x[:, 0], lateral_m=lateral, length_m=self.length_m)
         violations = (~on_road).long() + (forward > SPEEDING_FACTOR * self.speed_limit_mps).long()
