@@ -49,7 +49,7 @@ from safetybed.sims.batched.placement import (
     initial_scene,
     max_vehicles,
 )
-from safetybed.sims.batched.road import closest_lane, lane_neighbours, on_lane, reachable
+from safetybed.sims.batched.road import closest_lane, neighbour_table, on_lane, reachable
 from safetybed.sims.highway_obs import LANE_CHANGE_THRESHOLD, observation_bounds
 from safetybed.spec import ScenarioSpec
 
@@ -114,6 +114,7 @@ class BatchedHighway:
 
             self.naturalistic = NaturalisticTraffic(self)
         self.batch = 0
+        self._table = None
 
     # -- reset --------------------------------------------------------------------------------------------------
     def reset(self, seeds: Sequence[int]) -> torch.Tensor:
@@ -172,6 +173,7 @@ class BatchedHighway:
         self.frames = 0
         self.control_step = 0
         self._envs = torch.arange(batch, device=self.device)
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
         self._is_idm = self.present & ((self.kind == KIND_IDM) | (self.kind == KIND_SCRIPTED_IDM))
         if self.naturalistic is not None:
             self.naturalistic.reset(scenes)
@@ -183,9 +185,19 @@ class BatchedHighway:
     # -- helpers over flat (env, slot) queries ------------------------------------------------------------------
     def neighbours(self, env: torch.Tensor, slot: torch.Tensor, lane: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Front and rear slots (``-1``: none) of vehicles (``env``, ``slot``) in lanes ``lane`` (flat ``[M]``)."""
-        return lane_neighbours(x_m=self.x, y_m=self.y, present=self.present, env=env, slot=slot, lane=lane,
-                               length_m=self.length_m)
+        """Front and rear slots (``-1``: none) of vehicles (``env``, ``slot``) in lanes ``lane`` (flat ``[M]``).
+
+        Looked up in the frame's neighbour table (:func:`~safetybed.sims.batched.road.neighbour_table`, built once
+        per frame: positions do not change during the act phase); a lane off the road has no neighbours.
+        """
+        if self._table is None:
+            self._table = neighbour_table(x_m=self.x, y_m=self.y, present=self.present, lanes=self.lanes,
+                                          length_m=self.length_m)
+        front_table, rear_table = self._table
+        valid = (lane >= 0) & (lane < self.lanes)
+        lane = lane.clamp(0, self.lanes - 1)
+        front, rear = front_table[env, lane, slot], rear_table[env, lane, slot]
+        return torch.where(valid, front, -1), torch.where(valid, rear, -1)
 
     def idm(self, env: torch.Tensor, follower: torch.Tensor, leader: torch.Tensor) -> torch.Tensor:
         """highway-env ``IDMVehicle.acceleration`` of ``follower`` behind ``leader`` (slots; ``-1``: none).
@@ -396,6 +408,7 @@ class BatchedHighway:
         self.heading = torch.where(present, heading, self.heading)
         self.speed = torch.where(present, speed, self.speed)
         self.lane = closest_lane(self.y, lanes=self.lanes)
+        self._table = None
         self.odometer_m = self.odometer_m + self.speed[:, 0] * self.dt_s
         self.clock_s = self.clock_s + self.dt_s
         if self.naturalistic is not None:
@@ -439,34 +452,37 @@ class BatchedHighway:
         """Pairs (first < second in slot order, env) that pass highway-env's spherical pre-check.
 
         Candidates are neighbours within a window of ``k`` in each episode's x order, ``k`` doubled until every
-        pair closer in x than the largest pre-check radius is inside the window (so no pair is missed).
+        pair closer in x than the largest pre-check radius is inside the window (so no pair is missed). The
+        pre-check (``RoadObject._is_colliding``: centre distance > mean diagonal + the first vehicle's speed * dt)
+        runs on the sorted arrays; only the pairs that pass are gathered.
         """
         x = torch.where(self.present, self.x, torch.full_like(self.x, FAR_AWAY_M))
         order = torch.argsort(x, dim=1)
-        sorted_x = x.gather(1, order)
+        sorted_x, sorted_y = x.gather(1, order), self.y.gather(1, order)
+        sorted_present, sorted_speed = self.present.gather(1, order), self.speed.gather(1, order)
         radius = kinematics.DIAGONAL_M + float(self.speed.abs().max()) * self.dt_s
         n = self.slots
         window = min(8, n - 1)
         while window < n - 1:
             spread = sorted_x[:, window:] - sorted_x[:, :-window]
-            both = self.present.gather(1, order)[:, window:] & self.present.gather(1, order)[:, :-window]
+            both = sorted_present[:, window:] & sorted_present[:, :-window]
             if not bool((both & (spread <= radius)).any()):
                 break
             window = min(2 * window, n - 1)
         firsts, seconds, envs = [], [], []
         for offset in range(1, window + 1):
             a, b = order[:, :-offset], order[:, offset:]
+            dx = sorted_x[:, offset:] - sorted_x[:, :-offset]
+            dy = sorted_y[:, offset:] - sorted_y[:, :-offset]
+            first_speed = torch.where(a < b, sorted_speed[:, :-offset], sorted_speed[:, offset:])
+            keep = (sorted_present[:, :-offset] & sorted_present[:, offset:]
+                    & ~(torch.sqrt(dx * dx + dy * dy) > kinematics.DIAGONAL_M + first_speed * self.dt_s))
+            env, position = keep.nonzero(as_tuple=True)
+            a, b = a[env, position], b[env, position]
             firsts.append(torch.minimum(a, b))
             seconds.append(torch.maximum(a, b))
-            envs.append(self._envs[:, None].expand_as(a))
-        first = torch.cat(firsts, 1).reshape(-1)
-        second = torch.cat(seconds, 1).reshape(-1)
-        env = torch.cat(envs, 1).reshape(-1)
-        dx = self.x[env, second] - self.x[env, first]
-        dy = self.y[env, second] - self.y[env, first]
-        keep = (self.present[env, first] & self.present[env, second]
-                & ~(torch.sqrt(dx * dx + dy * dy) > kinematics.DIAGONAL_M + self.speed[env, first] * self.dt_s))
-        return first[keep], second[keep], env[keep]
+            envs.append(env)
+        return torch.cat(firsts), torch.cat(seconds), torch.cat(envs)
 
     # -- observation, reward, safety ----------------------------------------------------------------------------
     def observe(self) -> torch.Tensor:

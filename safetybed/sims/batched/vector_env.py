@@ -121,6 +121,7 @@ class RowResetHighway(BatchedHighway):
         self._scratch.load_scenes(full)
         index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         _copy_rows(self, self._scratch, index, self.batch)
+        self._table = None  # the neighbour table of the old rows' positions
         if traffic is not None:
             scratch = self._scratch.naturalistic
             if scratch.uniforms.shape != traffic.uniforms.shape:  # a longer run drew more: same streams, same size
