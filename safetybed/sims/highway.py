@@ -78,6 +78,13 @@ from highway_env.vehicle.kinematics import Vehicle
 
 from safetybed.errors import InputError
 from safetybed.sims.base import StepSafety
+from safetybed.sims.batched.placement import (
+    KIND_EGO,
+    KIND_IDM,
+    KIND_NATURALISTIC,
+    KIND_SCRIPTED_IDM,
+    place_scene,
+)
 from safetybed.sims.highway_driver import (
     ACTION_LEFT,
     ACTION_RIGHT,
@@ -335,12 +342,14 @@ class HighwayScenarioEnv(AbstractEnv):
 class CruiseEnv(HighwayScenarioEnv):
     """``cruise``: a straight highway of ``lanes`` lanes with traffic around the ego.
 
-    Placement (all draws from ``self.np_random``): the ego starts at ``ego_start_m`` in a uniformly drawn lane at
-    ``ego_speed_mps``. Each background vehicle is assigned a uniformly drawn lane. In the ego's lane the vehicles
-    are split ahead/behind the ego by fair coin flips and chained away from it; in another lane the first vehicle
-    sits within half a mean spacing of the ego's position and the others are chained ahead/behind it. Consecutive
-    vehicles keep a bumper gap ``(s0 + v h) / density`` with ``h ~ U(initial_headway_min_s, initial_headway_max_s)``
-    and speeds ``v ~ U(ego_speed -+ initial_speed_spread_mps)``. Vehicles that would start off the road are dropped.
+    Placement (:func:`safetybed.sims.batched.placement.place_scene`, all draws from ``self.np_random``): the ego
+    starts at ``ego_start_m`` in a uniformly drawn lane at ``ego_speed_mps``. Each background vehicle is assigned a
+    uniformly drawn lane. In the ego's lane the vehicles are split ahead/behind the ego by fair coin flips and
+    chained away from it; in another lane the first vehicle sits within half a mean spacing of the ego's position
+    and the others are chained ahead/behind it. Consecutive vehicles keep a bumper gap ``(s0 + v h) / density``
+    with ``h ~ U(initial_headway_min_s, initial_headway_max_s)`` and speeds ``v ~ U(ego_speed -+
+    initial_speed_spread_mps)``. Vehicles that would start off the road are dropped. The batched backend starts
+    from the same scene.
     """
 
     def _build_scene(self) -> None:
@@ -348,113 +357,40 @@ class CruiseEnv(HighwayScenarioEnv):
         network = RoadNetwork.straight_road_network(highway.lanes, length=highway.road_length_m,
                                                     speed_limit=highway.speed_limit_mps)
         self.road = Road(network=network, np_random=self.np_random, record_history=False)
-        ego_lane = int(self.np_random.integers(highway.lanes))
-        lane = self.road.network.get_lane(("0", "1", ego_lane))
-        ego = EgoVehicle(self.road, lane.position(highway.ego_start_m, 0.0), heading=lane.heading_at(0.0),
-                         speed=highway.ego_speed_mps)
-        self.road.vehicles.append(ego)
-        self.vehicle = ego
-        self._place_family_vehicles(ego_lane)
-
-    def _place_family_vehicles(self, ego_lane: int) -> None:
-        self._place_traffic(self.highway.vehicles, ego_lane=ego_lane, lanes=range(self.highway.lanes))
-
-    # -- helpers ----------------------------------------------------------------------------------------------
-    def _random_speed(self) -> float:
-        spread = self.highway.initial_speed_spread_mps
-        return max(0.0, self.highway.ego_speed_mps + float(self.np_random.uniform(-spread, spread)))
-
-    def _random_gap(self, speed_mps: float) -> float:
-        highway = self.highway
-        headway_s = float(self.np_random.uniform(highway.initial_headway_min_s, highway.initial_headway_max_s))
-        return (highway.driver.idm_min_gap_m + speed_mps * headway_s) / highway.density  # [m]
-
-    def _add_background(self, lane_id: int, longitudinal_m: float, speed_mps: float, *,
-                        desired_speed_mps: float | None = None, vehicle_class: type[Vehicle] | None = None,
-                        ) -> Vehicle | None:
-        if not 0.0 <= longitudinal_m <= self.highway.road_length_m:
-            return None
-        lane = self.road.network.get_lane(("0", "1", lane_id))
-        cls = vehicle_class or self._background_class()
-        vehicle = cls(self.road, lane.position(longitudinal_m, 0.0), heading=lane.heading_at(longitudinal_m),
-                      speed=speed_mps)
-        if isinstance(vehicle, NaturalisticVehicle):
-            vehicle.desired_speed_override_mps = desired_speed_mps
-        else:
-            configure_idm_vehicle(vehicle, self.highway.driver, desired_speed_mps=desired_speed_mps)
-        self.road.vehicles.append(vehicle)
-        return vehicle
-
-    def _chain(self, lane_id: int, start_m: float, count: int, direction: int) -> None:
-        """Place ``count`` vehicles one after another from a vehicle at ``start_m``, ahead (+1) or behind (-1)."""
-        position = start_m
-        length = Vehicle.LENGTH
-        for _ in range(count):
-            speed = self._random_speed()
-            position += direction * (length + self._random_gap(speed))
-            self._add_background(lane_id, position, speed)
-
-    def _mean_spacing_m(self) -> float:
-        highway = self.highway
-        headway = 0.5 * (highway.initial_headway_min_s + highway.initial_headway_max_s)
-        return Vehicle.LENGTH + (highway.driver.idm_min_gap_m + highway.ego_speed_mps * headway) / highway.density
-
-    def _place_traffic(self, count: int, *, ego_lane: int, lanes, anchors: dict[int, float] | None = None,
-                       ahead_only_from: dict[int, float] | None = None, behind_only: frozenset[int] = frozenset(),
-                       ) -> None:
-        """Place ``count`` vehicles in ``lanes`` (see the class docstring).
-
-        ``anchors[lane]``: an existing vehicle's position to chain from in that lane. ``ahead_only_from[lane]``:
-        chain that lane's vehicles ahead starting from this position (instead of the ego). ``behind_only``: lanes
-        whose vehicles all go behind the ego.
-        """
-        lanes = list(lanes)
-        if count <= 0 or not lanes:
-            return
-        anchors = dict(anchors or {})
-        ahead_only_from = ahead_only_from or {}
-        assigned = self.np_random.integers(len(lanes), size=count)
-        ego_s = self.highway.ego_start_m
-        for slot, lane_id in enumerate(lanes):
-            lane_count = int(np.sum(assigned == slot))
-            if lane_count == 0:
-                continue
-            if lane_id == ego_lane:
-                anchor = ego_s
-            elif lane_id in anchors:
-                anchor = anchors[lane_id]
+        scene = place_scene(self.scenario, self.np_random)
+        vehicles: list[Vehicle] = []
+        for slot in range(scene.vehicles):
+            lane = self.road.network.get_lane(("0", "1", scene.lane[slot]))
+            s = scene.x_m[slot]
+            if scene.kind[slot] == KIND_EGO:
+                vehicle = EgoVehicle(self.road, lane.position(s, 0.0), heading=lane.heading_at(0.0),
+                                     speed=scene.speed_mps[slot])
+                self.vehicle = vehicle
             else:
-                anchor = ego_s + float(self.np_random.uniform(-0.5, 0.5)) * self._mean_spacing_m()
-                self._add_background(lane_id, anchor, self._random_speed())
-                lane_count -= 1
-            ahead = 0 if lane_id in behind_only else int(self.np_random.binomial(lane_count, 0.5))
-            self._chain(lane_id, ahead_only_from.get(lane_id, anchor), ahead, +1)
-            self._chain(lane_id, anchor, lane_count - ahead, -1)
+                cls = {KIND_NATURALISTIC: NaturalisticVehicle, KIND_IDM: IDMVehicle,
+                       KIND_SCRIPTED_IDM: ScriptedIDMVehicle}[scene.kind[slot]]
+                vehicle = cls(self.road, lane.position(s, 0.0), heading=lane.heading_at(s),
+                              speed=scene.speed_mps[slot])
+                desired = scene.desired_speed_override_mps[slot]
+                if isinstance(vehicle, NaturalisticVehicle):
+                    vehicle.desired_speed_override_mps = desired
+                else:
+                    configure_idm_vehicle(vehicle, highway.driver, desired_speed_mps=desired)
+            vehicles.append(vehicle)
+        self.road.vehicles.extend(vehicles)
+        if scene.script is not None:
+            slot, target_lane, at_s = scene.script
+            self.cutter = vehicles[slot]
+            self._cut_in_action = ACTION_LEFT if scene.lane[slot] > target_lane else ACTION_RIGHT
+            if isinstance(self.cutter, ScriptedIDMVehicle):
+                self.cutter.script_lane_index = ("0", "1", target_lane)
+                self.cutter.script_time_s = at_s
+        if scene.leader_slot >= 0:
+            self.leader = vehicles[scene.leader_slot]
 
 
 class CutInEnv(CruiseEnv):
     """``cut_in``: cruise traffic plus a scripted cut-in from an adjacent lane (see :class:`CutInSpec`)."""
-
-    def _place_family_vehicles(self, ego_lane: int) -> None:
-        highway, cut_in = self.highway, self.highway.cut_in
-        sides = [lane for lane in (ego_lane - 1, ego_lane + 1) if 0 <= lane < highway.lanes]
-        cutter_lane = sides[int(self.np_random.integers(len(sides)))]
-        gap = float(self.np_random.uniform(cut_in.gap_min_m, cut_in.gap_max_m))
-        relative = float(self.np_random.uniform(cut_in.relative_speed_min_mps, cut_in.relative_speed_max_mps))
-        cutter_s = highway.ego_start_m + Vehicle.LENGTH + gap
-        vehicle_class = None if self.naturalistic else ScriptedIDMVehicle
-        cutter = self._add_background(cutter_lane, cutter_s, max(0.0, highway.ego_speed_mps + relative),
-                                      vehicle_class=vehicle_class)
-        if cutter is None:
-            raise InputError(f"{self.scenario.name}: highway.cut_in: the cut-in vehicle would start off the road "
-                             f"(at {cutter_s:.1f} m of {highway.road_length_m:g} m)")
-        self.cutter = cutter
-        self._cut_in_action = ACTION_LEFT if cutter_lane > ego_lane else ACTION_RIGHT
-        if isinstance(cutter, ScriptedIDMVehicle):
-            cutter.script_lane_index = ("0", "1", ego_lane)
-            cutter.script_time_s = cut_in.start_s
-        self._place_traffic(highway.vehicles - 1, ego_lane=ego_lane, lanes=range(highway.lanes),
-                            anchors={cutter_lane: cutter_s}, ahead_only_from={ego_lane: cutter_s})
 
     def _after_registration(self) -> None:
         if isinstance(self.cutter, NaturalisticVehicle):
@@ -465,20 +401,6 @@ class OvertakingEnv(CruiseEnv):
     """``overtaking``: a slower leader ahead of the ego and a free passing lane (see :class:`OvertakingSpec`)."""
 
     SURVIVAL_TASK = False
-
-    def _place_family_vehicles(self, ego_lane: int) -> None:
-        highway, overtaking = self.highway, self.highway.overtaking
-        passing_lane = ego_lane - 1 if ego_lane > 0 else ego_lane + 1
-        gap = float(self.np_random.uniform(overtaking.leader_gap_min_m, overtaking.leader_gap_max_m))
-        speed = float(self.np_random.uniform(overtaking.leader_speed_min_mps, overtaking.leader_speed_max_mps))
-        leader_s = highway.ego_start_m + Vehicle.LENGTH + gap
-        leader = self._add_background(ego_lane, leader_s, speed, desired_speed_mps=speed)
-        if leader is None:
-            raise InputError(f"{self.scenario.name}: highway.overtaking: the leader would start off the road "
-                             f"(at {leader_s:.1f} m of {highway.road_length_m:g} m)")
-        self.leader = leader
-        lanes = [lane for lane in range(highway.lanes) if lane != passing_lane]
-        self._place_traffic(highway.vehicles - 1, ego_lane=ego_lane, lanes=lanes, behind_only=frozenset({ego_lane}))
 
     def _goal_reached(self) -> bool:
         ego_s, _ = self.vehicle.lane.local_coordinates(self.vehicle.position)

@@ -1,10 +1,12 @@
-"""Initial states of the straight-road families, drawn exactly as the highway-env backend draws them.
+"""Initial states of the straight-road families: the one placement both highway backends use.
 
-:func:`initial_scene` replays, draw for draw, what :class:`safetybed.sims.highway.CruiseEnv` (and its ``cut_in`` /
-``overtaking`` subclasses) does in ``reset(seed=seed)``: the same generator (gymnasium's
-``seeding.np_random(seed)``), the same calls in the same order, so a batched episode starts from exactly the
-highway-env episode's state (positions, speeds, lanes, vehicle order and ids, IDM lane-change timers, scripted
-cut-in). ``tests/test_batched_faithfulness.py`` checks it against reset highway-env environments.
+:func:`place_scene` draws a ``cruise`` / ``cut_in`` / ``overtaking`` scene (ego lane, background lanes, gaps,
+speeds, the cut-in vehicle or slow leader) from a generator; the highway-env backend
+(:class:`safetybed.sims.highway.CruiseEnv`) builds its vehicles from it, drawing from its ``np_random``, and
+:func:`initial_scene` replays the highway-env backend's ``reset(seed=seed)`` (the same generator, the traffic
+entropy first) so a batched episode starts from exactly the highway-env episode's state (positions, speeds,
+lanes, vehicle order and ids, IDM lane-change timers, scripted cut-in). ``tests/test_batched_faithfulness.py``
+checks it against reset highway-env environments.
 
 This is the one per-episode Python step of the batched backend: it runs once per episode at reset (about
 50 scalar draws); everything after reset is batched.
@@ -38,6 +40,8 @@ class Scene:
     lane: list[int] = field(default_factory=list)
     speed_mps: list[float] = field(default_factory=list)
     target_speed_mps: list[float] = field(default_factory=list)
+    #: IDM desired speed given to a vehicle at placement (the overtaking leader's), ``None``: the spec's.
+    desired_speed_override_mps: list[float | None] = field(default_factory=list)
     kind: list[int] = field(default_factory=list)
     timer_s: list[float] = field(default_factory=list)
     traffic_entropy: int = 0
@@ -54,17 +58,15 @@ class Scene:
 class _Placer:
     """The draws of ``CruiseEnv._build_scene`` and the families' ``_place_family_vehicles``, in their order."""
 
-    def __init__(self, spec: ScenarioSpec, seed: int | None):
+    def __init__(self, spec: ScenarioSpec, rng: np.random.Generator):
         self.spec = spec
         self.highway = spec.highway
-        self.rng, _ = seeding.np_random(seed)
+        self.rng = rng
         self.scene = Scene()
         self.naturalistic = self.highway.driver.model == "naturalistic"
 
-    # -- highway-env's reset: _traffic_entropy, then the scene -------------------------------------------------
     def build(self) -> Scene:
         highway = self.highway
-        self.scene.traffic_entropy = int(self.rng.integers(0, 2**63))
         ego_lane = int(self.rng.integers(highway.lanes))
         self._append(highway.ego_start_m, ego_lane, highway.ego_speed_mps, KIND_EGO,
                      target_speed_mps=highway.ego_speed_mps)
@@ -80,8 +82,10 @@ class _Placer:
                              f"got {task!r}")
         return self.scene
 
-    def _append(self, x_m: float, lane: int, speed_mps: float, kind: int, *, target_speed_mps: float) -> int:
+    def _append(self, x_m: float, lane: int, speed_mps: float, kind: int, *, target_speed_mps: float,
+                desired_speed_override_mps: float | None = None) -> int:
         scene = self.scene
+        scene.desired_speed_override_mps.append(desired_speed_override_mps)
         scene.x_m.append(float(x_m))
         scene.lane.append(int(lane))
         scene.speed_mps.append(float(speed_mps))
@@ -101,7 +105,8 @@ class _Placer:
         else:
             kind = KIND_SCRIPTED_IDM if scripted else KIND_IDM
         desired = self.highway.driver.idm_desired_speed_mps if desired_speed_mps is None else desired_speed_mps
-        return self._append(x_m, lane, speed_mps, kind, target_speed_mps=float(desired))
+        return self._append(x_m, lane, speed_mps, kind, target_speed_mps=float(desired),
+                            desired_speed_override_mps=desired_speed_mps)
 
     def _random_speed(self) -> float:
         spread = self.highway.initial_speed_spread_mps
@@ -181,12 +186,29 @@ class _Placer:
         self._place_traffic(highway.vehicles - 1, ego_lane=ego_lane, lanes=lanes, behind_only=frozenset({ego_lane}))
 
 
-def initial_scene(spec: ScenarioSpec, seed: int | None) -> Scene:
-    """The initial state of the highway-env episode ``reset(seed=seed)`` of ``spec`` (a straight-road family)."""
+def place_scene(spec: ScenarioSpec, rng: np.random.Generator) -> Scene:
+    """The straight-road scene of ``spec`` drawn from ``rng`` (the one home of the families' placement).
+
+    The highway-env backend builds its vehicles from it (:class:`safetybed.sims.highway.CruiseEnv`, drawing from
+    its ``np_random``); the batched backend loads it into tensors. ``traffic_entropy`` is left 0 (the caller's).
+    """
     if spec.simulator != "highway" or spec.task not in STRAIGHT_FAMILIES:
-        raise InputError(f"{spec.name}: backend: the batched backend simulates the straight-road families "
-                         f"{list(STRAIGHT_FAMILIES)}, got task {spec.task!r}")
-    return _Placer(spec, seed).build()
+        raise InputError(f"{spec.name}: the straight-road placement covers the families {list(STRAIGHT_FAMILIES)}, "
+                         f"got task {spec.task!r}")
+    return _Placer(spec, rng).build()
+
+
+def initial_scene(spec: ScenarioSpec, seed: int | None) -> Scene:
+    """The initial state of the highway-env episode ``reset(seed=seed)`` of ``spec`` (a straight-road family).
+
+    As the highway-env backend's reset: gymnasium's ``seeding.np_random(seed)``, one 63-bit draw for the traffic
+    entropy (the naturalistic drivers' streams), then :func:`place_scene`.
+    """
+    rng, _ = seeding.np_random(seed)
+    entropy = int(rng.integers(0, 2**63))
+    scene = place_scene(spec, rng)
+    scene.traffic_entropy = entropy
+    return scene
 
 
 def max_vehicles(spec: ScenarioSpec) -> int:
@@ -195,4 +217,5 @@ def max_vehicles(spec: ScenarioSpec) -> int:
 
 
 __all__ = ["KIND_EGO", "KIND_IDM", "KIND_NATURALISTIC", "KIND_SCRIPTED_IDM", "LANE_WIDTH_M", "STRAIGHT_FAMILIES",
-           "Scene", "VEHICLE_LENGTH_M", "VEHICLE_WIDTH_M", "initial_scene", "max_vehicles"]
+           "Scene", "VEHICLE_LENGTH_M", "VEHICLE_WIDTH_M", "initial_scene", "max_vehicles",
+           "place_scene"]
