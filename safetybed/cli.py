@@ -577,7 +577,7 @@ def bench_batched_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Batched highway backend vs highway-env: vehicle-frames/s, policy steps/s, episodes/s and their ratios."""
-    from safetybed.sims.batched.bench import bench_batched, format_table, parse_batch_sizes
+    from safetybed.runner.bench_batched import bench_batched, format_table, parse_batch_sizes
 
     if threads is not None:
         import torch

@@ -198,17 +198,23 @@ def place_scene(spec: ScenarioSpec, rng: np.random.Generator) -> Scene:
     return _Placer(spec, rng).build()
 
 
-def initial_scene(spec: ScenarioSpec, seed: int | None) -> Scene:
-    """The initial state of the highway-env episode ``reset(seed=seed)`` of ``spec`` (a straight-road family).
+def scene_from_generator(spec: ScenarioSpec, rng: np.random.Generator) -> Scene:
+    """The scene highway-env's reset places from the environment's generator ``rng`` (advanced by the draws).
 
-    As the highway-env backend's reset: gymnasium's ``seeding.np_random(seed)``, one 63-bit draw for the traffic
-    entropy (the naturalistic drivers' streams), then :func:`place_scene`.
+    As the highway-env backend's ``_reset``: one 63-bit draw for the traffic entropy (the naturalistic drivers'
+    streams), then :func:`place_scene`. A ``reset()`` without a seed continues the generator.
     """
-    rng, _ = seeding.np_random(seed)
     entropy = int(rng.integers(0, 2**63))
     scene = place_scene(spec, rng)
     scene.traffic_entropy = entropy
     return scene
+
+
+def initial_scene(spec: ScenarioSpec, seed: int | None) -> Scene:
+    """The initial state of the highway-env episode ``reset(seed=seed)`` of ``spec`` (a straight-road family):
+    :func:`scene_from_generator` on gymnasium's ``seeding.np_random(seed)``."""
+    rng, _ = seeding.np_random(seed)
+    return scene_from_generator(spec, rng)
 
 
 def max_vehicles(spec: ScenarioSpec) -> int:
@@ -218,4 +224,4 @@ def max_vehicles(spec: ScenarioSpec) -> int:
 
 __all__ = ["KIND_EGO", "KIND_IDM", "KIND_NATURALISTIC", "KIND_SCRIPTED_IDM", "LANE_WIDTH_M", "STRAIGHT_FAMILIES",
            "Scene", "VEHICLE_LENGTH_M", "VEHICLE_WIDTH_M", "initial_scene", "max_vehicles",
-           "place_scene"]
+           "place_scene", "scene_from_generator"]

@@ -47,7 +47,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from safetybed.errors import InputError
-from safetybed.sims.batched.placement import STRAIGHT_FAMILIES, Scene, _Placer, initial_scene
+from safetybed.sims.batched.placement import STRAIGHT_FAMILIES, Scene, initial_scene, scene_from_generator
 from safetybed.sims.batched.sim import BatchedHighway, StepResult
 from safetybed.sims.highway_obs import observation_bounds
 from safetybed.spec import ScenarioSpec
@@ -56,16 +56,6 @@ from safetybed.spec import ScenarioSpec
 #: ``SyncVectorEnv._add_info`` gives Python ``bool`` / ``float`` / ``int`` values).
 SAFETY_DTYPES = {"collision": np.bool_, "success": np.bool_, "ttc_s": np.float64, "gap_m": np.float64,
                  "progress_m": np.float64, "violations": np.int64}
-
-
-def scene_from_generator(spec: ScenarioSpec, rng: np.random.Generator) -> Scene:
-    """The initial scene highway-env's ``reset()`` (no seed) places with the env's generator ``rng`` (advanced).
-
-    :func:`~.placement.initial_scene` is the same with ``rng = gymnasium.utils.seeding.np_random(seed)[0]``.
-    """
-    placer = _Placer(spec, 0)
-    placer.rng = rng
-    return placer.build()
 
 
 class RowResetHighway(BatchedHighway):
@@ -340,4 +330,4 @@ def _has_perturbations(spec: ScenarioSpec) -> bool:
     return bool(perturb.action_delay_steps or perturb.observation_noise_std > 0 or perturb.frame_stack > 1)
 
 
-__all__ = ["BatchedHighwayVectorEnv", "RowResetHighway", "SAFETY_DTYPES", "scene_from_generator"]
+__all__ = ["BatchedHighwayVectorEnv", "RowResetHighway", "SAFETY_DTYPES"]
