@@ -84,3 +84,36 @@ def test_cli_run_batched(tmp_path, cli):
     code, _, err = cli("run", "highway/merge", "--controller", "builtin:idm", "--episodes", "1", "--backend",
                        "batched", "--store", str(tmp_path / "s.sqlite"))
     assert code == 2 and "backend" in err
+
+
+def _same(a, b, path="") -> None:
+    """Equal JSON-like values, floats to 1e-9 (the pmfs agree to ~1e-15, not bitwise)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert a == b or (a is not None and b is not None and abs(a - b) <= 1e-9 * max(1.0, abs(b))), (path, a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), (path, sorted(a), sorted(b))
+        for key in a:
+            _same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), (path, len(a), len(b))
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, (path, a, b)
+
+
+@pytest.mark.parametrize("name", ["highway/cut_in", "highway/cruise_nade"])
+def test_step_and_decision_logs_equal_highway_env_backend(name):
+    """metrics.per_step_log and decision_log on the batched backend: the same logs (and NADE entries after them)."""
+    data = load_scenario_arg(name)[0].model_dump()
+    data["metrics"].update(per_step_log=True, decision_log=True)
+    reference_spec = ScenarioSpec.model_validate({**data, "backend": "highway-env"})
+    batched_spec = ScenarioSpec.model_validate({**data, "backend": "batched"})
+    batched = _run(batched_spec, 5)
+    logged = 0
+    for record in batched:
+        reference = run_episode(EpisodeTask(reference_spec.model_dump_json(), "builtin:idm", 5, record.index))
+        _same(record.to_json_dict()["steps"], reference.to_json_dict()["steps"], "steps")
+        _same(record.to_json_dict()["decisions"], reference.to_json_dict()["decisions"], "decisions")
+        logged += len(reference.decisions or [])
+    assert logged > 0

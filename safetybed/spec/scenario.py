@@ -136,9 +136,6 @@ class ScenarioSpec(StrictModel):
             if self.simulator != "highway" or self.task not in BATCHED_HIGHWAY_TASKS:
                 raise ValueError(f"backend: 'batched' simulates the highway tasks {list(BATCHED_HIGHWAY_TASKS)}, "
                                  f"got simulator {self.simulator!r} task {self.task!r}")
-            if self.metrics.per_step_log or self.metrics.decision_log:
-                raise ValueError("backend: 'batched' does not write per-step or decision logs yet; set "
-                                 "metrics.per_step_log and metrics.decision_log to false or use 'highway-env'")
         if self.testing is not None:
             if self.simulator != "highway":
                 raise ValueError(f"testing: section only allowed for simulator 'highway' (importance-sampled "

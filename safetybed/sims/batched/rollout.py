@@ -34,6 +34,7 @@ import torch
 from safetybed import seeding_keys
 from safetybed.jsonsafe import json_safe
 from safetybed.sims.base import noise_generator
+from safetybed.sims.batched.placement import LANE_WIDTH_M
 from safetybed.sims.batched.sim import BatchedHighway
 from safetybed.sims.framestack import push_frame
 from safetybed.sims.rollout import EpisodeRecord
@@ -115,21 +116,32 @@ def batched_rollouts(spec: ScenarioSpec, make_controller: Callable[[], Any], *, 
     progress = np.zeros(batch)
     violations = np.zeros(batch, dtype=np.int64)
     running = np.ones(batch, dtype=bool)
+    metrics = spec.metrics
+    steps: list[list[dict[str, Any]] | None] = [None] * batch
     for step in range(spec.episode_steps):
-        action = np.asarray(controllers.act(observation), dtype=np.float32).reshape(batch, 2)
+        chosen = np.asarray(controllers.act(observation), dtype=np.float32).reshape(batch, 2)
+        action = chosen
         if delayed:
             delayed.append(action)
             action = delayed.popleft()
         if tester is not None:
             tester.before_step(action, running=running)
+        candidates = _decision_candidates(sim) if metrics.decision_log else None
         result = sim.step(torch.as_tensor(action.astype(np.float64)))
-        if tester is not None:
-            for k, entry in tester.after_step().items():
-                decisions[k] = (decisions[k] or []) + [json_safe(entry)]
         out = {name: getattr(result, name).cpu().numpy() for name in
                ("reward", "terminated", "truncated", "collision", "success", "ttc_s", "gap_m", "progress_m",
                 "violations")}
         live = running
+        logged = _logged_decisions(sim, candidates, live) if candidates is not None else {}
+        entries = tester.after_step() if tester is not None else {}
+        for k in set(logged) | set(entries):  # as info["decisions"]: the drivers' log, then the tester's entry
+            new = logged.get(k, []) + ([json_safe(entries[k])] if k in entries else [])
+            if new and live[k]:
+                decisions[k] = (decisions[k] or []) + new
+        if metrics.per_step_log:
+            for k, entry in _step_logs(sim, result, live).items():
+                steps[k] = (steps[k] or []) + [{"t": int(length[k]), "reward": float(out["reward"][k]),
+                                                "action": json_safe(chosen[k]), **entry}]
         episode_return[live] += out["reward"][live]
         length[live] += 1
         collision[live] |= out["collision"][live]
@@ -149,8 +161,46 @@ def batched_rollouts(spec: ScenarioSpec, make_controller: Callable[[], Any], *, 
                           length=int(length[k]), collision=bool(collision[k]), success=bool(success[k]),
                           terminated=bool(terminated[k]), truncated=bool(truncated[k]),
                           min_ttc_s=float(min_ttc[k]), min_gap_m=float(min_gap[k]), progress_m=float(progress[k]),
-                          violations=int(violations[k]), wall_time_s=wall_s, decisions=decisions[k])
+                          violations=int(violations[k]), wall_time_s=wall_s, steps=steps[k],
+                          decisions=decisions[k])
             for k in range(batch)]
+
+
+def _decision_candidates(sim: BatchedHighway) -> np.ndarray | None:
+    """``[B, N]``: naturalistic vehicles whose decision at the coming step is logged (``HighwayScenarioEnv.step``:
+    uncrashed, within ``observation_range_m`` of the ego, deciding at the step's first frame); ``None`` without
+    naturalistic traffic."""
+    traffic = sim.naturalistic
+    if traffic is None:
+        return None
+    distance = torch.sqrt((sim.x - sim.x[:, :1]) ** 2 + (sim.y - sim.y[:, :1]) ** 2)
+    return (traffic.deciders() & (distance <= sim.highway.observation_range_m)).cpu().numpy()
+
+
+def _logged_decisions(sim: BatchedHighway, candidates: np.ndarray, live: np.ndarray
+                      ) -> dict[int, list[dict[str, Any]]]:
+    """``info["decisions"]`` of ``metrics.decision_log``: the candidates' decision records, in vehicle order."""
+    traffic = sim.naturalistic
+    logged = {}
+    for k in np.flatnonzero(live & candidates.any(axis=1)):
+        records = [r.to_json() for r in traffic.last_decision_records(int(k)) if candidates[k, r.vehicle_id]]
+        if records:
+            logged[int(k)] = records
+    return logged
+
+
+def _step_logs(sim: BatchedHighway, result, live: np.ndarray) -> dict[int, dict[str, Any]]:
+    """``info["step_log"]`` of ``metrics.per_step_log`` (:meth:`HighwayScenarioEnv._make_info`), per live episode."""
+    lane = sim.lane[:, 0]
+    columns = {
+        "x_m": sim.x[:, 0], "y_m": sim.y[:, 0], "speed_mps": sim.speed[:, 0], "heading_rad": sim.heading[:, 0],
+        "acceleration_command_mps2": sim.command_mps2, "lane_change_command": sim.last_lane_change,
+        "lane_id": lane, "lateral_offset_m": sim.y[:, 0] - LANE_WIDTH_M * lane.to(sim.dtype), "gap_m": result.gap_m,
+        "ttc_s": result.ttc_s, "progress_m": result.progress_m, "vehicles": sim.present.sum(dim=1) - 1}
+    values = {name: column.double().cpu().numpy() for name, column in columns.items()}
+    time_s = float(sim.frames / sim.highway.simulation_frequency_hz)
+    return {int(k): json_safe({"time_s": time_s, **{name: float(values[name][k]) for name in columns}})
+            for k in np.flatnonzero(live)}
 
 
 __all__ = ["batch_stateless", "batched_rollouts"]
