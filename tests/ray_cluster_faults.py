@@ -6,7 +6,7 @@ token authentication on), launches ``safetybed run ... --executor ray`` through 
 says, injects each fault and writes what happened to ``OUT_DIR/results.json``; the stores are left in
 ``OUT_DIR`` for the test to compare with an uninterrupted local run. Every process it starts lives in the
 namespace and ends with it; the ones it kills on purpose are found by id (a node's namespace, a Ray worker
-whose title is ``ray::run_episode``), never by a broad name.
+whose title is ``ray::run_unit``), never by a broad name.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def stored(store: Path) -> int:
 
 def running_episodes(pids: set[int]) -> list[int]:
     """The Ray workers among ``pids`` that are running an episode right now."""
-    return sorted(pid for pid in pids if process_title(pid).startswith("ray::run_episode"))
+    return sorted(pid for pid in pids if process_title(pid).startswith("ray::run_unit"))
 
 
 def finish(process: subprocess.Popen) -> dict:

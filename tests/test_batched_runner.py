@@ -117,3 +117,18 @@ def test_step_and_decision_logs_equal_highway_env_backend(name):
         _same(record.to_json_dict()["decisions"], reference.to_json_dict()["decisions"], "decisions")
         logged += len(reference.decisions or [])
     assert logged > 0
+
+
+def test_batched_backend_on_ray_gives_the_local_records():
+    """--executor ray with the batched backend: chunks as Ray tasks, the same records as the local batch."""
+    pytest.importorskip("ray")
+    import ray
+
+    spec = _spec(noise=0.1)
+    tasks = [EpisodeTask(spec.model_dump_json(), "builtin:idm", 5, i) for i in range(6)]
+    local = _outcomes(executors.execute(tasks, executor="local", workers=1))
+    try:
+        on_ray = _outcomes(executors.execute(tasks, executor="ray", workers=2))  # 2 chunks of 3
+    finally:
+        ray.shutdown()
+    assert on_ray == local

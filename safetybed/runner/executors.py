@@ -1,4 +1,5 @@
-"""Executors: where episodes run. All of them call :func:`~safetybed.runner.episode.run_episode`.
+"""Executors: where episodes run. All of them call :func:`~safetybed.runner.episode.run_episode` (batched backend:
+:func:`~safetybed.runner.episode.run_episode_batch` on chunks of episodes).
 
 * ``local`` (default): the calling process for ``workers == 1``, else a pool of ``workers`` spawned
   processes (``spawn``, so no simulator or torch state is shared through ``fork``).
@@ -203,38 +204,57 @@ def connect_ray(*, workers: int):
     raise InputError(f"RAY_ADDRESS={address}: cannot connect to the Ray cluster: {reason}; {_AUTH_HELP}")
 
 
-def run_ray(tasks: Iterable[EpisodeTask], *, workers: int) -> Iterator[Outcome]:
+def run_unit(unit: tuple[EpisodeTask, ...]) -> list[EpisodeRecord]:
+    """A Ray task's work: one episode, or a chunk of a batched-backend run on the task's one CPU.
+
+    Its name is the Ray worker's process title while it runs (``ray::run_unit``; the fault tests look for it).
+    """
+    if len(unit) == 1 and _backend(list(unit)) != "batched":
+        return [run_episode(unit[0])]
+    with torch_threads(1):
+        return run_episode_batch(list(unit))
+
+
+def run_ray(tasks: Iterable[EpisodeTask], *, workers: int, batch_episodes: int | None = None) -> Iterator[Outcome]:
+    """Ray tasks of one episode each, or (``batch_episodes``, the batched backend) of chunks of that many."""
     ray = connect_ray(workers=workers)
     from ray.exceptions import RayError, RayTaskError
 
     # Ray re-runs a task whose worker or node died (max_retries) but not one that raised (retry_exceptions=False).
-    remote_episode = ray.remote(num_cpus=1, max_retries=RAY_RETRIES, retry_exceptions=False)(run_episode)
-    queue = iter(tasks)
+    remote_unit = ray.remote(num_cpus=1, max_retries=RAY_RETRIES, retry_exceptions=False)(run_unit)
+    if batch_episodes is None:
+        queue = ((task,) for task in tasks)
+    else:
+        listed = list(tasks)
+        queue = (tuple(listed[i:i + batch_episodes]) for i in range(0, len(listed), batch_episodes))
     attempts: dict[int, int] = {}
     pending: dict = {}
 
-    def submit(task: EpisodeTask) -> None:
-        attempts[task.index] = attempts.get(task.index, 0) + 1
-        pending[remote_episode.remote(task)] = task
+    def submit(unit: tuple[EpisodeTask, ...]) -> None:
+        attempts[unit[0].index] = attempts.get(unit[0].index, 0) + 1
+        pending[remote_unit.remote(unit)] = unit
 
     # islice, not zip(queue, range(...)): zip pulls one task from the queue before range stops it, and that
     # task was never submitted (the lost episode 2 * workers of issue 11).
-    for task in itertools.islice(queue, IN_FLIGHT_PER_WORKER * workers):
-        submit(task)
+    for unit in itertools.islice(queue, IN_FLIGHT_PER_WORKER * workers):
+        submit(unit)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            task = pending.pop(ref)
+            unit = pending.pop(ref)
+            tries = attempts[unit[0].index]
             try:
-                yield ray.get(ref)
+                yield from ray.get(ref)
             except RayTaskError as error:  # the episode's own exception: deterministic, report it
                 cause = error.cause if getattr(error, "cause", None) is not None else error
-                yield EpisodeFailure(task.index, "exception", _one_line(cause), attempts[task.index], str(error))
+                for task in unit:
+                    yield EpisodeFailure(task.index, "exception", _one_line(cause), tries, str(error))
             except RayError as error:  # worker or node died and Ray's own retries ran out
-                if attempts[task.index] < MAX_SUBMISSIONS:
-                    submit(task)
+                if tries < MAX_SUBMISSIONS:
+                    submit(unit)
                     continue
-                yield EpisodeFailure(task.index, "lost", _one_line(error), attempts[task.index], str(error))
+                for task in unit:
+                    yield EpisodeFailure(task.index, "lost", _one_line(error), tries, str(error))
             following = next(queue, None)
             if following is not None:
                 submit(following)
@@ -281,14 +301,15 @@ def _backend(tasks: list[EpisodeTask]) -> str:
 def execute(tasks: Iterable[EpisodeTask], *, executor: str, workers: int) -> Iterator[Outcome]:
     """Run ``tasks`` on the named executor, yielding one record or failure per task as episodes finish.
 
-    A scenario on the batched backend runs its episodes in batches in the calling process (``local``), with
-    ``workers`` torch threads instead of worker processes.
+    A scenario on the batched backend runs its episodes in batches: in the calling process with ``workers`` torch
+    threads (``local``), or as Ray tasks of one chunk each on one CPU (``ray``; at least one chunk per worker).
     """
     check_executor(executor, workers=workers)
     tasks = list(tasks)
     if _backend(tasks) == "batched":
-        if executor != "local":
-            raise InputError(f"--executor {executor}: the batched backend runs in the calling process; use "
-                             f"--executor local (or backend = 'highway-env' to spread episodes over {executor})")
-        return run_batched(tasks, workers=workers)
+        if executor == "local":
+            return run_batched(tasks, workers=workers)
+        # chunks of up to BATCH_EPISODES, at least one per worker
+        per_worker = -(-len(tasks) // workers) if tasks else 1
+        return run_ray(tasks, workers=workers, batch_episodes=max(1, min(BATCH_EPISODES, per_worker)))
     return run_local(tasks, workers=workers) if executor == "local" else run_ray(tasks, workers=workers)
