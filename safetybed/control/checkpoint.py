@@ -70,7 +70,7 @@ def save_checkpoint(out_dir: str | Path, *, policy: Policy, obs_norm: ObsNormali
         "format": FORMAT,
         "algorithm": algorithm,
         "policy": policy.arch.to_json(),
-        "normalizer": {"enabled": obs_norm.enabled, "clip": obs_norm.clip},
+        "normalizer": {"enabled": obs_norm.enabled, "clip": obs_norm.clip, "std_floor": obs_norm.std_floor},
         "observation_space": space_to_json(observation_space),
         "action_space": space_to_json(action_space),
         "config": config,
@@ -108,7 +108,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         arch = PolicyArch.from_json(manifest["policy"])
         policy = Policy(arch)
         obs_norm = ObsNormalizer(arch.obs_dim, clip=float(manifest["normalizer"]["clip"]),
-                                 enabled=bool(manifest["normalizer"]["enabled"]))
+                                 enabled=bool(manifest["normalizer"]["enabled"]),
+                                 std_floor=float(manifest["normalizer"].get("std_floor", 0.0)))
         tensors = load_file(str(weights_path))
         policy.load_state_dict({k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")})
         obs_norm.load_state_dict({k.removeprefix("obs_norm."): v for k, v in tensors.items()

@@ -163,12 +163,21 @@ class ObsNormalizer(nn.Module):
 
     The statistics are buffers, so they travel in the checkpoint's safetensors file and in bundles.
     ``update`` is only called during training; acting uses the frozen statistics.
+
+    ``std_floor`` (raw observation units, >= 0): the z-score divides by ``max(std, std_floor)``. A feature that was
+    (near) constant in the training data has std ~ 0, so without a floor any noise on it at test time (a smoothing
+    sigma, a sensor error) is multiplied by ~1e4 and saturates at the clip; with ``std_floor = f`` noise of size
+    ``e`` moves that z-score by at most ``e / f``. 0 keeps the plain running std (the checkpoints before the
+    floor, which load with 0).
     """
 
-    def __init__(self, dim: int, *, clip: float = 10.0, enabled: bool = True):
+    def __init__(self, dim: int, *, clip: float = 10.0, enabled: bool = True, std_floor: float = 0.0):
         super().__init__()
+        if not (std_floor >= 0 and math.isfinite(std_floor)):
+            raise ValueError(f"std_floor: expected a finite number >= 0 (raw observation units), got {std_floor!r}")
         self.enabled = enabled
         self.clip = clip
+        self.std_floor = float(std_floor)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("var", torch.ones(dim))
         self.register_buffer("count", torch.tensor(1e-4))
@@ -190,7 +199,8 @@ class ObsNormalizer(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return obs
-        return ((obs - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-self.clip, self.clip)
+        var = self.var if self.std_floor == 0.0 else torch.clamp(self.var, min=self.std_floor ** 2)
+        return ((obs - self.mean) / torch.sqrt(var + 1e-8)).clamp(-self.clip, self.clip)
 
 
 class QNetwork(nn.Module):

@@ -156,8 +156,8 @@ class TrainSetup:
                           action_low=low, action_high=high, **options)
 
     def obs_normalizer(self) -> ObsNormalizer:
-        return ObsNormalizer(int(np.prod(self.observation_space.shape)),
-                             enabled=self.network.normalize_observations).to(self.device)
+        return ObsNormalizer(int(np.prod(self.observation_space.shape)), enabled=self.network.normalize_observations,
+                             std_floor=self.network.observation_std_floor).to(self.device)
 
     # -- evaluation / progress -------------------------------------------------------------------------------
     def evaluate(self, policy: Policy, obs_norm: ObsNormalizer, *, episodes: int | None = None) -> dict[str, float]:

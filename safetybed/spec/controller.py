@@ -40,6 +40,10 @@ class NetworkSpec(StrictModel):
     hidden: list[int] = Field([256, 256], min_length=1, max_length=8)
     activation: Literal["relu", "tanh", "gelu", "elu"] = "relu"
     normalize_observations: bool = False
+    #: With ``normalize_observations``: z-scores divide by max(running std, this) [raw observation units], so noise
+    #: on a feature that is constant in the training data (lane width, speed limit) is not blown up to the clip
+    #: (:class:`safetybed.control.networks.ObsNormalizer`). Set it to about the certification sigma; 0: no floor.
+    observation_std_floor: float = Field(0.0, ge=0, le=100)
 
 
 class TrainSpec(StrictModel):
