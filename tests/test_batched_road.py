@@ -4,7 +4,35 @@ from __future__ import annotations
 
 import torch
 
-from safetybed.sims.batched.road import lane_neighbours, neighbour_table
+from safetybed.sims.batched.placement import LANE_WIDTH_M
+from safetybed.sims.batched.road import NEIGHBOUR_MARGIN_M, neighbour_table, on_lane
+
+
+def lane_neighbours(*, x_m: torch.Tensor, y_m: torch.Tensor, present: torch.Tensor, env: torch.Tensor,
+                    slot: torch.Tensor, lane: torch.Tensor, length_m: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Front and rear vehicle slots (``-1``: none) of queries (``env[m]``, ``slot[m]``) in lane ``lane[m]``.
+
+    ``Road.neighbour_vehicles``: among the other present vehicles on ``lane`` (within the 1 m margin), the front
+    one is the nearest with ``x >= x_self`` (ties: the later slot, as highway-env's ``<=``), the rear one the
+    nearest with ``x < x_self`` (ties: the earlier slot). ``x_m``, ``y_m``, ``present`` are ``[B, N]``; the
+    queries are flat ``[M]`` index tensors, so a caller asks only for the rows it needs.
+    """
+    others_x, others_y = x_m[env], y_m[env]  # [M, N]
+    count = x_m.shape[1]
+    slots = torch.arange(count, device=x_m.device)
+    lateral = others_y - LANE_WIDTH_M * lane[:, None].to(y_m.dtype)
+    candidate = (present[env] & on_lane(x_m=others_x, lateral_m=lateral, length_m=length_m,
+                                        margin_m=NEIGHBOUR_MARGIN_M) & (slots[None, :] != slot[:, None]))
+    own = x_m[env, slot][:, None]
+    ahead = candidate & (others_x >= own)
+    behind = candidate & (others_x < own)
+    inf = torch.tensor(float("inf"), dtype=x_m.dtype, device=x_m.device)
+    front_x = torch.where(ahead, others_x, inf).min(dim=1, keepdim=True).values
+    rear_x = torch.where(behind, others_x, -inf).max(dim=1, keepdim=True).values
+    front = torch.where(ahead & (others_x == front_x), slots, -1).max(dim=1).values
+    rear = torch.where(behind & (others_x == rear_x), slots, count).min(dim=1).values
+    rear = torch.where(rear == count, -1, rear)
+    return front, rear
 
 
 def _check(x, y, present, lanes, length_m=2000.0):

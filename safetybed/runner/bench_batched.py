@@ -31,7 +31,6 @@ run time not.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import platform
@@ -108,21 +107,13 @@ def traffic_spec() -> ScenarioSpec:
     return ScenarioSpec.model_validate(data)
 
 
-def batched_has_naturalistic() -> bool:
-    return importlib.util.find_spec("safetybed.sims.batched.naturalistic") is not None
-
-
 def policy_spec(*, driver: str, episode_steps: int | None = None) -> ScenarioSpec:
-    """``highway/cut_in`` with background driver ``driver`` (``auto``: the catalogue's if the batched backend has it)."""
+    """``highway/cut_in`` with background driver ``driver`` (``auto``: the catalogue's)."""
     data = load_scenario_arg(POLICY_SCENARIO)[0].model_dump()
-    catalogue = data["highway"]["driver"]["model"]
     if driver == "auto":
-        driver = catalogue if catalogue != "naturalistic" or batched_has_naturalistic() else "idm"
+        driver = data["highway"]["driver"]["model"]
     elif driver not in ("idm", "naturalistic"):
         raise InputError(f"--driver: expected auto, idm or naturalistic, got {driver!r}")
-    if driver == "naturalistic" and not batched_has_naturalistic():
-        raise InputError("--driver naturalistic: the batched backend has no naturalistic traffic here "
-                         "(safetybed.sims.batched.naturalistic is missing); use --driver idm")
     data["highway"]["driver"]["model"] = driver
     if episode_steps is not None:
         data["episode_steps"] = episode_steps

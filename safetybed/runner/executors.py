@@ -204,12 +204,12 @@ def connect_ray(*, workers: int):
     raise InputError(f"RAY_ADDRESS={address}: cannot connect to the Ray cluster: {reason}; {_AUTH_HELP}")
 
 
-def run_unit(unit: tuple[EpisodeTask, ...]) -> list[EpisodeRecord]:
+def run_unit(unit: tuple[EpisodeTask, ...], batched: bool) -> list[EpisodeRecord]:
     """A Ray task's work: one episode, or a chunk of a batched-backend run on the task's one CPU.
 
     Its name is the Ray worker's process title while it runs (``ray::run_unit``; the fault tests look for it).
     """
-    if len(unit) == 1 and _backend(list(unit)) != "batched":
+    if not batched:
         return [run_episode(unit[0])]
     with torch_threads(1):
         return run_episode_batch(list(unit))
@@ -232,7 +232,7 @@ def run_ray(tasks: Iterable[EpisodeTask], *, workers: int, batch_episodes: int |
 
     def submit(unit: tuple[EpisodeTask, ...]) -> None:
         attempts[unit[0].index] = attempts.get(unit[0].index, 0) + 1
-        pending[remote_unit.remote(unit)] = unit
+        pending[remote_unit.remote(unit, batch_episodes is not None)] = unit
 
     # islice, not zip(queue, range(...)): zip pulls one task from the queue before range stops it, and that
     # task was never submitted (the lost episode 2 * workers of issue 11).

@@ -223,6 +223,24 @@ class NaturalisticTraffic:
             return torch.zeros_like(self._naturalistic)
         return self._naturalistic & ~self.sim.crashed
 
+    def script_due(self) -> torch.Tensor:
+        """``[B, N]``: vehicles whose next decision is scripted (``NaturalisticVehicle.script_due``)."""
+        return (self.script_action >= 0) & (self.frame >= self.script_frame)
+
+    def decision_accelerations(self) -> torch.Tensor:
+        """``[B, N]``: ``idm_decision_acceleration`` of every uncrashed naturalistic vehicle now (0 elsewhere).
+
+        With every vehicle's current target lane (pure, as :meth:`pending_pmfs`); the NADE tester's hold of a
+        lane-change action before it is clipped to the grid.
+        """
+        sim = self.sim
+        hold = torch.zeros_like(sim.x)
+        mask = self._naturalistic & ~sim.crashed
+        if bool(mask.any()):
+            env, slot = mask.nonzero(as_tuple=True)
+            hold[env, slot] = self._decision_acceleration(env, slot, sim.target_lane[env, slot], sim.target_lane[env])
+        return hold
+
     def pending_pmfs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The pmfs ``[B, N, A]`` every present, uncrashed naturalistic vehicle would sample from if it decided now.
 
@@ -291,7 +309,7 @@ class NaturalisticTraffic:
         if int(index.max()) >= self.uniforms.shape[2]:  # stepped past the episode: draw more (same streams)
             self._draw_uniforms(2 * self.uniforms.shape[2])
         uniform = self.uniforms[env, slot, index]
-        script_due = (self.script_action[env, slot] >= 0) & (self.frame >= self.script_frame[env, slot])
+        script_due = self.script_due()[env, slot]
         override = self.override[env, slot]
         after = sim.target_lane.clone()
         seen = sim.seen_targets(env, slot, before, after)

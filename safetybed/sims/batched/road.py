@@ -2,8 +2,8 @@
 
 highway-env's ``RoadNetwork.straight_road_network``: lane ``k`` runs from ``(0, k * 4 m)`` along +x for
 ``road_length_m``, so a lane's longitudinal coordinate is ``x`` and its lateral one is ``y - 4 k`` (exactly, as
-highway-env's dot products with the unit axes). Neighbour search (``Road.neighbour_vehicles``) is a masked
-reduction over every other vehicle of the same episode: no loop over vehicles or episodes.
+highway-env's dot products with the unit axes). Neighbour search (``Road.neighbour_vehicles``) is a per-frame
+table (:func:`neighbour_table`): no loop over vehicles or episodes.
 """
 
 from __future__ import annotations
@@ -35,42 +35,15 @@ def reachable(*, x_m: torch.Tensor, lateral_m: torch.Tensor, length_m: float) ->
     return (lateral_m.abs() <= 2 * LANE_WIDTH_M) & (x_m >= 0) & (x_m < length_m + VEHICLE_LENGTH_M)
 
 
-def lane_neighbours(*, x_m: torch.Tensor, y_m: torch.Tensor, present: torch.Tensor, env: torch.Tensor,
-                    slot: torch.Tensor, lane: torch.Tensor, length_m: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Front and rear vehicle slots (``-1``: none) of queries (``env[m]``, ``slot[m]``) in lane ``lane[m]``.
-
-    ``Road.neighbour_vehicles``: among the other present vehicles on ``lane`` (within the 1 m margin), the front
-    one is the nearest with ``x >= x_self`` (ties: the later slot, as highway-env's ``<=``), the rear one the
-    nearest with ``x < x_self`` (ties: the earlier slot). ``x_m``, ``y_m``, ``present`` are ``[B, N]``; the
-    queries are flat ``[M]`` index tensors, so a caller asks only for the rows it needs.
-    """
-    others_x, others_y = x_m[env], y_m[env]  # [M, N]
-    count = x_m.shape[1]
-    slots = torch.arange(count, device=x_m.device)
-    lateral = others_y - LANE_WIDTH_M * lane[:, None].to(y_m.dtype)
-    candidate = (present[env] & on_lane(x_m=others_x, lateral_m=lateral, length_m=length_m,
-                                        margin_m=NEIGHBOUR_MARGIN_M) & (slots[None, :] != slot[:, None]))
-    own = x_m[env, slot][:, None]
-    ahead = candidate & (others_x >= own)
-    behind = candidate & (others_x < own)
-    inf = torch.tensor(float("inf"), dtype=x_m.dtype, device=x_m.device)
-    front_x = torch.where(ahead, others_x, inf).min(dim=1, keepdim=True).values
-    rear_x = torch.where(behind, others_x, -inf).max(dim=1, keepdim=True).values
-    front = torch.where(ahead & (others_x == front_x), slots, -1).max(dim=1).values
-    rear = torch.where(behind & (others_x == rear_x), slots, count).min(dim=1).values
-    rear = torch.where(rear == count, -1, rear)
-    return front, rear
-
-
 def neighbour_table(*, x_m: torch.Tensor, y_m: torch.Tensor, present: torch.Tensor, lanes: int, length_m: float
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Front and rear slots ``[B, lanes, N]`` of every vehicle in every lane: :func:`lane_neighbours` for all queries.
 
     Per episode and lane the members (present, on the lane within the 1 m margin) are sorted by (x, slot), and
-    each vehicle's neighbours are found by binary search (``O(N log N)`` per lane instead of ``O(N^2)``), with the
-    same rules: the front is the nearest other member with ``x >= x_self``, the latest slot among equal ``x``; the
+    each vehicle's neighbours are found by binary search (``O(N log N)`` per lane, not a masked ``O(N^2)``
+    reduction), with ``Road.neighbour_vehicles``' rules: the front is the nearest other member with ``x >= x_self``, the latest slot among equal ``x``; the
     rear the nearest with ``x < x_self``, the earliest slot among equal ``x``. ``tests/test_batched_road.py``
-    checks it against :func:`lane_neighbours` on random and tied states.
+    checks it against a masked search over every other vehicle on random and tied states.
     """
     batch, count = x_m.shape
     device = x_m.device
@@ -110,4 +83,4 @@ def neighbour_table(*, x_m: torch.Tensor, y_m: torch.Tensor, present: torch.Tens
     return front, rear
 
 
-__all__ = ["NEIGHBOUR_MARGIN_M", "closest_lane", "lane_neighbours", "neighbour_table", "on_lane", "reachable"]
+__all__ = ["NEIGHBOUR_MARGIN_M", "closest_lane", "neighbour_table", "on_lane", "reachable"]

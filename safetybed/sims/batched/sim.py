@@ -214,9 +214,7 @@ class BatchedHighway:
         lead = leader.clamp(min=0)
         gap = self.x[env, lead] - self.x[env, f]
         lead_speed, lead_heading = self.speed[env, lead], self.heading[env, lead]
-        closing = self._closing(speed, heading, lead_speed, lead_heading)
-        desired = (self.distance_wanted_m + speed * self.time_wanted_s
-                   + speed * closing / (2 * math.sqrt(-self.cam * self.cam_min)))
+        desired = self._desired_gap(speed, self._closing(speed, heading, lead_speed, lead_heading))
         interaction = self.cam * libm_pow(desired / kinematics.not_zero(gap), 2.0, exact=self.exact)
         acceleration = torch.where(leader >= 0, acceleration - interaction, acceleration)
         return torch.where(follower >= 0, acceleration, torch.zeros_like(acceleration))
@@ -385,7 +383,10 @@ class BatchedHighway:
     def _desired_gaps(self, env: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """``desired_gap(self, v)`` ``[M, N]`` of each query vehicle against every vehicle of its episode."""
         speed, heading = self.speed[env, slot][:, None], self.heading[env, slot][:, None]
-        closing = self._closing(speed, heading, self.speed[env], self.heading[env])
+        return self._desired_gap(speed, self._closing(speed, heading, self.speed[env], self.heading[env]))
+
+    def _desired_gap(self, speed: torch.Tensor, closing: torch.Tensor) -> torch.Tensor:
+        """highway-env ``IDMVehicle.desired_gap``: ``d0 + v T + v dv / (2 sqrt(a b))`` [m], centre to centre."""
         return (self.distance_wanted_m + speed * self.time_wanted_s
                 + speed * closing / (2 * math.sqrt(-self.cam * self.cam_min)))
 

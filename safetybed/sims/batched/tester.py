@@ -71,10 +71,10 @@ class BatchedTester:
             return
         sim.command_ego(torch.as_tensor(np.asarray(action, dtype=np.float64)))
         pmf, mask = traffic.pending_pmfs()
-        hold = _decision_accelerations(sim)
+        hold = traffic.decision_accelerations()
         ego_x, ego_y = sim.x[:, :1], sim.y[:, :1]
         distance = torch.sqrt((sim.x - ego_x) ** 2 + (sim.y - ego_y) ** 2)
-        candidate = mask & (distance <= sim.highway.observation_range_m) & deciders & ~_script_due(traffic)
+        candidate = mask & (distance <= sim.highway.observation_range_m) & deciders & ~traffic.script_due()
         arrays = {name: tensor.cpu().numpy() for name, tensor in (
             ("x", sim.x), ("speed", sim.speed), ("target", sim.target_lane), ("lane", sim.lane),
             ("distance", distance), ("candidate", candidate), ("hold", hold), ("pmf", pmf))}
@@ -118,22 +118,6 @@ class BatchedTester:
             self.log_weight[b] += reconcile_entry(entry, np.asarray(taken[0].pmf, dtype=np.float64))
         entries, self._pending = self._pending, {}
         return entries
-
-
-def _script_due(traffic) -> torch.Tensor:
-    """``[B, N]``: vehicles whose next decision is scripted (``NaturalisticVehicle.script_due``)."""
-    return (traffic.script_action >= 0) & (traffic.frame >= traffic.script_frame)
-
-
-def _decision_accelerations(sim) -> torch.Tensor:
-    """``[B, N]`` IDM decision acceleration of every naturalistic vehicle at the current state (0 elsewhere)."""
-    traffic = sim.naturalistic
-    hold = torch.zeros_like(sim.x)
-    mask = traffic._naturalistic & ~sim.crashed
-    if bool(mask.any()):
-        env, slot = mask.nonzero(as_tuple=True)
-        hold[env, slot] = traffic._decision_acceleration(env, slot, sim.target_lane[env, slot], sim.target_lane[env])
-    return hold
 
 
 __all__ = ["BatchedTester"]
