@@ -337,35 +337,71 @@ def train(
 # -- deploy ---------------------------------------------------------------------------------------------------
 @app.command("deploy")
 def deploy_command(
-    controller: Annotated[str, typer.Argument(help="Controller spec (controllers/*.toml) or checkpoint folder.")],
+    controller: Annotated[str, typer.Argument(help="Controller spec (controllers/*.toml), checkpoint folder, or the "
+                                                   "certificate folder safetybed certify wrote (certificate.json).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle folder to write (absent or empty).")],
+    certificate: Annotated[Path | None, typer.Option("--certificate", help="certificate.json (or its folder) of the "
+                                                                           "certified smoothed controller.")] = None,
     scenario: Annotated[str | None, typer.Option("--scenario", help="Scenario the bundle runs in (default: the "
-                                                                    "controller spec's).")] = None,
+                                                                    "certificate's, else the controller spec's).")] = None,
     control_rate_hz: Annotated[float | None, typer.Option("--control-rate-hz", help="Control rate [Hz] when there "
                                                                                     "is no scenario.")] = None,
+    sign_key: Annotated[Path | None, typer.Option("--sign-key", help="ed25519 private key (PEM, safetybed keygen) "
+                                                                     "to sign the bundle with.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the bundle files in a non-empty --out.")
                          ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Write a self-contained deployment bundle: TorchScript policy + bundle.json with every file's sha256."""
-    from safetybed.control.bundle import deploy
+    """Write a self-contained deployment bundle of data (safetensors weights + bundle.json network description,
+    every file's sha256); from a certificate it runs the certified smoothed policy and carries the certificate."""
+    from safetybed.control.bundle import deploy, deploy_certified
+    from safetybed.control.certified import CERTIFICATE_FILE
     from safetybed.control.runtime import read_bundle_manifest
 
-    bundle_dir = deploy(controller, out_dir, scenario=scenario, control_rate_hz=control_rate_hz,
-                        overwrite=overwrite)
+    source = Path(controller)
+    if certificate is None and (source.suffix == ".json" or (source / CERTIFICATE_FILE).is_file()):
+        if scenario is not None or control_rate_hz is not None:
+            raise InputError(f"deploy {controller}: --scenario / --control-rate-hz: a certified bundle takes both "
+                             f"from its certificate")
+        bundle_dir = deploy_certified(source, out_dir, sign_key=sign_key, overwrite=overwrite)
+    else:
+        bundle_dir = deploy(controller, out_dir, scenario=scenario, control_rate_hz=control_rate_hz,
+                            certificate=certificate, sign_key=sign_key, overwrite=overwrite)
     manifest = read_bundle_manifest(bundle_dir)
     if as_json:
         emit_json({"bundle": str(bundle_dir), **manifest})
         return
     table = Table(title=f"bundle {bundle_dir}", show_header=False)
-    for key in ("controller", "scenario", "control_rate_hz", "source_weights_sha256", "smoothing_sigma",
-                "certificate_id"):
+    for key in ("controller", "scenario", "control_rate_hz", "source_weights_sha256", "frame_stack",
+                "smoothing_sigma", "certificate_id"):
         table.add_row(key, str(manifest[key]))
     for name, digest in manifest["files"].items():
         table.add_row(name, f"sha256 {digest}")
+    if sign_key is not None:
+        table.add_row("bundle.sig", f"ed25519, key {sign_key}")
     out.print(table)
     out.print(f"load it with safetybed.control.runtime.load_bundle({str(bundle_dir)!r}) or "
               f"safetybed run SCENARIO --controller {bundle_dir}")
+    if manifest["frame_stack"] > 1:
+        out.print(f"the bundle stacks {manifest['frame_stack']} raw frames itself: run it on a scenario without "
+                  f"frame_stack (the raw frames)")
+
+
+@app.command("keygen")
+def keygen_command(
+    out_file: Annotated[Path, typer.Option("--out", help="Private key file to write (PEM); the public key goes "
+                                                         "beside it as NAME.pub.pem.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an ed25519 key pair for signing bundles (safetybed deploy ... --sign-key KEY.pem)."""
+    from safetybed.control.bundle import generate_signing_key
+
+    private_path, public_path = generate_signing_key(out_file)
+    if as_json:
+        emit_json({"private_key": str(private_path), "public_key": str(public_path)}, indent=None)
+        return
+    out.print(f"wrote {private_path} (private, keep it secret) and {public_path} (give it to load_bundle(..., "
+              f"trusted_keys=[{str(public_path)!r}]))")
 
 
 # -- certify / attack -------------------------------------------------------------------------------------------

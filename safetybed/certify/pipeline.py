@@ -28,7 +28,6 @@ Steps (Kumar, Levine & Feizi 2022; ``research/policy_smoothing.md`` §1(d) "pseu
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import platform
@@ -48,6 +47,7 @@ from scipy import stats
 from safetybed import __version__
 from safetybed.certify import estimators
 from safetybed.certify.smoothing import frame_stack_of, smoothed_scenario
+from safetybed.control.certified import CERTIFICATE_FORMAT, certificate_digest
 from safetybed.control.checkpoint import Checkpoint, load_checkpoint, sha256_file
 from safetybed.errors import IncompleteRunError, InputError, SpecError
 from safetybed.jsonsafe import json_safe
@@ -58,7 +58,7 @@ from safetybed.spec.certify import AttackSpec, LoadedCertifySpec, load_certify_s
 from safetybed.spec.scenario import with_backend
 from safetybed.threads import torch_threads
 
-FORMAT = "safetybed-certificate/1"
+FORMAT = CERTIFICATE_FORMAT
 #: One-sided level of the attack check: ``mean + 3 SEM`` is a 0.99865 upper confidence bound (normal).
 CHECK_SIGMAS = 3.0
 #: Default output folder: ``certificates/<spec name>/``.
@@ -414,21 +414,6 @@ def package_versions(simulator: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def certificate_digest(certificate: dict[str, Any]) -> str:
-    """sha256 of the certificate's canonical JSON without its id, creation time, wall times, file names and
-    whether its run was new, reused or resumed: the same run and settings give the same id."""
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items()
-                    if k not in ("certificate_id", "created_utc", "wall_time_s", "files", "run")}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    body = strip(certificate)
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 # -- the command ------------------------------------------------------------------------------------------

@@ -1,27 +1,42 @@
 """Deployment runtime: load a verified bundle and run it; no training code is imported here.
 
-A bundle (written by :func:`safetybed.control.bundle.deploy`) is a folder::
+A bundle (written by :func:`safetybed.control.bundle.deploy`) is a folder of data, never code::
 
-    bundle.json               manifest: format, controller name, spaces, control rate [Hz], smoothing sigma,
-                              certificate id, source weights sha256, versions, sha256 of every other file
-    policy.ts                 TorchScript: raw observation batch -> deterministic action batch
-                              (observation normaliser + policy network, traced)
+    bundle.json               manifest: format, controller name, spaces, control rate [Hz], the network description
+                              (``network``: architecture, normaliser, action head), frame stack, smoothing sigma,
+                              certificate id + sha256, source weights sha256, versions, sha256 of every other file
+    policy.safetensors        the tensors: ``policy.*`` (network weights) and ``obs_norm.*`` (normaliser mean, var,
+                              count); a verbatim copy of the checkpoint's ``weights.safetensors``
     checkpoint_manifest.json  the source checkpoint's manifest, for provenance
+    certificate.json          only in a certified bundle: a verbatim copy of the certificate it runs under
+    bundle.sig                only in a signed bundle: ed25519 signature of the manifest digest
 
 :func:`load_bundle` checks that every listed file exists and matches its sha256, and that ``bundle.json``
-matches its own ``manifest_sha256`` (the digest of the manifest without that field), *before* torch reads
-the model. These digests catch corruption, truncation and accidental edits; they are not a signature: whoever
-can rewrite the folder can rewrite the digests too, so a bundle is as trustworthy as its source.
+matches its own ``manifest_sha256`` (the digest of the manifest without that field), *before* any tensor is read.
+It then rebuilds the network from the fixed layers of :mod:`safetybed.control.networks` as ``bundle.json``'s
+``network`` describes it and fills it from the safetensors file: ``torch.load`` and ``torch.jit`` are never called on
+bundle content, so loading a bundle runs no code that came with it. The digests catch corruption, truncation and
+accidental edits; they are not a signature (whoever can rewrite the folder can rewrite the digests too). For that,
+sign the bundle (``safetybed deploy ... --sign-key KEY.pem``) and pass ``trusted_keys`` to :func:`load_bundle`.
 
-This module needs torch, numpy, json, hashlib and :mod:`safetybed.control.base` only, so a robot or a
-test-time-adaptation process can load a bundle without the training stack (algorithms, replay buffers,
-network definitions).
+A **certified** bundle (``safetybed deploy CERTIFICATE_DIR --out DIR``) also holds ``certificate.json``;
+:func:`load_bundle` refuses it unless the certificate is unedited (its sha256 is the manifest's
+``certificate_sha256`` and its content matches its own ``certificate_id``), the policy weights are the certified
+ones (``controller.weights_sha256``) and the manifest's ``smoothing_sigma`` / ``frame_stack`` are the certificate's.
 
-Policy smoothing: if the manifest's ``smoothing_sigma`` is a number σ, :meth:`BundleController.act` adds
-fresh N(0, σ²) noise to every observation (in the observation's own units, before normalisation) drawn from
-the controller's own generator, re-seeded at ``reset(seed=...)``. This is the smoothed policy whose
-certificate the bundle carries (Kumar, Levine & Feizi 2022, "Policy Smoothing for Provably Robust
-Reinforcement Learning", ICLR; noise added to every observation of the episode).
+Bundles of format ``safetybed-bundle/1`` (a TorchScript ``policy.ts``) still load, with a
+:class:`SerializedCodeWarning`: TorchScript is serialized code that ``torch.jit.load`` runs. Rebuild them with
+``safetybed deploy`` again.
+
+Policy smoothing (Kumar, Levine & Feizi 2022, "Policy Smoothing for Provably Robust Reinforcement Learning",
+ICLR; ``research/policy_smoothing.md`` §1(b)): with a ``smoothing_sigma`` σ, every :meth:`BundleController.act`
+call makes **one fresh draw** of N(0, σ² I) noise of the shape of the raw observation batch, from the controller's
+own generator, and adds it to the *raw* frame (its own units, before frame stacking and normalisation, not
+clipped); with ``frame_stack = k`` the policy then reads the last ``k`` noisy frames, oldest first (earlier frames
+keep the noise they were drawn with). ``reset(seed=s)`` re-seeds the generator as
+``SeedSequence(s, spawn_key=(noise_spawn_key,))`` and clears the stack: exactly what
+:class:`safetybed.certify.smoothing.SmoothedController` does, so with equal seeds and spawn keys the two act
+identically (``tests/test_bundle_certified.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +45,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,22 +53,38 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 
 from safetybed import seeding_keys
 from safetybed.control.base import Controller
+from safetybed.control.certified import read_certificate
+from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch
 from safetybed.control.spaces import sha256_file, space_from_json
 from safetybed.errors import InputError
 from safetybed.sims.base import add_observation_noise, noise_generator
+from safetybed.sims.framestack import push_frame
 
-FORMAT = "safetybed-bundle/1"
+FORMAT = "safetybed-bundle/2"
+#: The TorchScript format before ``FORMAT``: still loaded, with a :class:`SerializedCodeWarning`.
+LEGACY_FORMAT = "safetybed-bundle/1"
 BUNDLE_MANIFEST = "bundle.json"
+MODEL_FILE = "policy.safetensors"
+SIGNATURE_FILE = "bundle.sig"
+#: What an ed25519 bundle signature signs: this prefix, then the 32 bytes of ``manifest_sha256``.
+SIGNED_PREFIX = b"safetybed-bundle manifest_sha256\n"
 #: Fields every bundle manifest must have (values may be ``null`` where documented).
 REQUIRED_FIELDS = ("format", "controller", "model_file", "files", "observation_space", "action_space",
                    "source_weights_sha256", "smoothing_sigma", "certificate_id", "control_rate_hz",
                    "package_version", "torch_version", "manifest_sha256")
+#: Further fields of ``FORMAT``.
+REQUIRED_FIELDS_V2 = ("network", "frame_stack", "certificate_file", "certificate_sha256")
 
 #: ``adapt_hook(obs_batch, action_batch, info)``: see :func:`run_in_pybullet`.
 AdaptHook = Callable[[np.ndarray, np.ndarray, dict[str, Any]], None]
+
+
+class SerializedCodeWarning(UserWarning):
+    """A bundle of the old TorchScript format was loaded: its model is code that torch runs."""
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
@@ -63,18 +94,83 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
 
 
 def jit_load(path: Path, *, device: str = "cpu") -> torch.jit.ScriptModule:
-    """``torch.jit.load`` without its deprecation warning (TorchScript is deprecated from torch 2.9 on but
-    remains the one self-contained, Python-free model format torch can load)."""
+    """``torch.jit.load`` of a ``safetybed-bundle/1`` model (TorchScript, deprecated from torch 2.9 on)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
         return torch.jit.load(str(path), map_location=device)
 
 
-def read_bundle_manifest(bundle_dir: str | Path) -> dict[str, Any]:
-    """Read ``bundle.json`` and verify it and every file it lists; returns the manifest.
+class DeterministicPolicy(nn.Module):
+    """Raw (stacked) observation batch -> deterministic action batch: normaliser, then the policy's
+    deterministic head (argmax / squashed mean / mean clipped to the bounds, :meth:`Policy.forward`)."""
+
+    def __init__(self, obs_norm: nn.Module, policy: nn.Module):
+        super().__init__()
+        self.obs_norm = obs_norm
+        self.policy = policy
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy(self.obs_norm(obs))
+
+
+def network_description(policy: Policy, obs_norm: ObsNormalizer) -> dict[str, Any]:
+    """The ``network`` field of a bundle manifest: everything :func:`build_policy_module` needs besides tensors."""
+    arch = policy.arch
+    head = {"categorical": "argmax of the logits",
+            "tanh_gaussian": "tanh(mean) * (high - low) / 2 + (high + low) / 2",
+            "gaussian": "mean clipped to [low, high]"}[arch.kind]
+    return {"policy": arch.to_json(),
+            "normalizer": {"enabled": bool(obs_norm.enabled), "clip": float(obs_norm.clip),
+                           "std_floor": float(obs_norm.std_floor),
+                           "formula": "clip((obs - mean) / sqrt(max(var, std_floor^2) + 1e-8), -clip, clip)"},
+            "action_head": {"mode": "deterministic", "rule": head},
+            "tensors": {"policy": "policy.*", "normalizer": "obs_norm.mean, obs_norm.var, obs_norm.count"}}
+
+
+def build_policy_module(network: Any, tensors: dict[str, torch.Tensor], *, source: str) -> DeterministicPolicy:
+    """The bundle's module, rebuilt from the fixed layers of :mod:`safetybed.control.networks`.
+
+    ``network`` is the manifest's description (:func:`network_description`); ``tensors`` must fill it exactly
+    (no missing or extra tensor, float32, matching shapes).
 
     Raises:
-        InputError: missing folder, file or field; a sha256 mismatch; an unknown format (names the file).
+        InputError: a description the layers cannot build, or tensors that do not fit it (names ``source``).
+    """
+    try:
+        arch = PolicyArch.from_json(network["policy"])
+        normalizer = network["normalizer"]
+        policy = Policy(arch)
+        obs_norm = ObsNormalizer(arch.obs_dim, clip=float(normalizer["clip"]), enabled=bool(normalizer["enabled"]),
+                                 std_floor=float(normalizer["std_floor"]))
+        if network["action_head"]["mode"] != "deterministic":
+            raise ValueError(f"action_head.mode: expected 'deterministic', got {network['action_head']['mode']!r}")
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{source}: network: not a network the runtime can build ({error!r})") from None
+    wrong_dtype = sorted(name for name, tensor in tensors.items() if tensor.dtype != torch.float32)
+    if wrong_dtype:
+        raise InputError(f"{source}: tensors {', '.join(wrong_dtype)}: expected float32")
+    try:
+        policy.load_state_dict({k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")})
+        obs_norm.load_state_dict({k.removeprefix("obs_norm."): v for k, v in tensors.items()
+                                  if k.startswith("obs_norm.")})
+    except RuntimeError as error:
+        raise InputError(f"{source}: tensors do not fit the network ({str(error).splitlines()[0]})") from None
+    stray = sorted(name for name in tensors if not name.startswith(("policy.", "obs_norm.")))
+    if stray:
+        raise InputError(f"{source}: unexpected tensors {', '.join(stray)} (expected policy.* and obs_norm.*)")
+    return DeterministicPolicy(obs_norm, policy).eval()
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def read_bundle_manifest(bundle_dir: str | Path) -> dict[str, Any]:
+    """Read ``bundle.json`` and verify it, every file it lists and (if any) its certificate; returns the manifest.
+
+    Raises:
+        InputError: missing folder, file or field; a sha256 mismatch; an unknown format; a bundle that disagrees
+            with its certificate (the message names the file, the field, what was expected and what was given).
     """
     bundle_dir = Path(bundle_dir)
     manifest_path = bundle_dir / BUNDLE_MANIFEST
@@ -88,11 +184,13 @@ def read_bundle_manifest(bundle_dir: str | Path) -> dict[str, Any]:
         raise InputError(f"{manifest_path}: invalid JSON ({error})") from None
     if not isinstance(manifest, dict):
         raise InputError(f"{manifest_path}: expected a JSON object")
-    missing = [field for field in REQUIRED_FIELDS if field not in manifest]
+    if manifest.get("format") not in (FORMAT, LEGACY_FORMAT):
+        raise InputError(f"{manifest_path}: format: expected {FORMAT!r} (or the older {LEGACY_FORMAT!r}), got "
+                         f"{manifest.get('format')!r}")
+    required = REQUIRED_FIELDS + (REQUIRED_FIELDS_V2 if manifest["format"] == FORMAT else ())
+    missing = [field for field in required if field not in manifest]
     if missing:
         raise InputError(f"{manifest_path}: incomplete bundle manifest: missing field(s) {', '.join(missing)}")
-    if manifest["format"] != FORMAT:
-        raise InputError(f"{manifest_path}: format: expected {FORMAT!r}, got {manifest['format']!r}")
     actual = manifest_digest(manifest)
     if actual != manifest["manifest_sha256"]:
         raise InputError(f"{manifest_path}: contents do not match its manifest_sha256 ({actual[:12]}... vs "
@@ -101,19 +199,24 @@ def read_bundle_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     if not isinstance(files, dict) or manifest["model_file"] not in files:
         raise InputError(f"{manifest_path}: files: expected an object listing the model file "
                          f"{manifest['model_file']!r} with its sha256")
+    certificate_file = manifest.get("certificate_file")
+    if certificate_file is not None and certificate_file not in files:
+        raise InputError(f"{manifest_path}: files: expected the certificate file {certificate_file!r} to be listed")
     for name, expected in files.items():
-        if Path(name).name != name or name in (BUNDLE_MANIFEST, ".", ".."):
+        if Path(name).name != name or name in (BUNDLE_MANIFEST, SIGNATURE_FILE, ".", ".."):
             raise InputError(f"{manifest_path}: files: {name!r} is not a plain file name inside the bundle")
         file_path = bundle_dir / name
         if not file_path.is_file():
             raise InputError(f"{file_path}: missing from the bundle (listed in {BUNDLE_MANIFEST})")
         actual = sha256_file(file_path)
+        if name == certificate_file and actual != manifest["certificate_sha256"]:
+            raise InputError(f"{file_path}: sha256: expected {manifest['certificate_sha256']} ({BUNDLE_MANIFEST} "
+                             f"certificate_sha256), got {actual}; the certificate was edited after deploy")
         if actual != expected:
             raise InputError(f"{file_path}: sha256 {actual[:12]}... does not match {BUNDLE_MANIFEST}'s "
                              f"{str(expected)[:12]}...; the file was modified or corrupted")
     sigma = manifest["smoothing_sigma"]
-    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, int | float)
-                              or not math.isfinite(sigma) or sigma < 0):
+    if sigma is not None and not (_number(sigma) and sigma >= 0):
         raise InputError(f"{manifest_path}: smoothing_sigma: expected null or a finite number >= 0, got {sigma!r}")
     for field in ("observation_space", "action_space"):
         try:
@@ -121,27 +224,142 @@ def read_bundle_manifest(bundle_dir: str | Path) -> dict[str, Any]:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise InputError(f"{manifest_path}: {field}: invalid space ({error!r})") from None
     rate = manifest["control_rate_hz"]
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
+    if not (_number(rate) and rate > 0):
         raise InputError(f"{manifest_path}: control_rate_hz: expected a number > 0, got {rate!r}")
+    if manifest["format"] == FORMAT:
+        frame_stack = manifest["frame_stack"]
+        if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
+            raise InputError(f"{manifest_path}: frame_stack: expected an integer >= 1, got {frame_stack!r}")
+        if certificate_file is not None:
+            _check_certificate(bundle_dir, manifest)
+        elif manifest["certificate_id"] is not None:
+            raise InputError(f"{manifest_path}: certificate_id: expected null in a bundle without certificate_file, "
+                             f"got {manifest['certificate_id']!r}")
     return manifest
 
 
-class BundleController(Controller):
-    """A deployed controller: the bundle's TorchScript module behind the batched :class:`Controller` API.
+def _check_certificate(bundle_dir: Path, manifest: dict[str, Any]) -> None:
+    """A certified bundle runs the certified smoothed policy: same weights, sigma and frame stacking."""
+    manifest_path = bundle_dir / BUNDLE_MANIFEST
+    certificate = read_certificate(bundle_dir / manifest["certificate_file"])  # refuses an edited certificate
+    where = f"certificate {certificate.certificate_id} in {certificate.path.name}"
+    model_path = bundle_dir / manifest["model_file"]
+    weights = sha256_file(model_path)
+    if weights != certificate.weights_sha256:
+        raise InputError(f"{model_path}: sha256: expected {certificate.weights_sha256} (controller.weights_sha256 "
+                         f"of {where}), got {weights}; these are not the certified weights")
+    checks = [("certificate_id", certificate.certificate_id), ("source_weights_sha256", certificate.weights_sha256),
+              ("smoothing_sigma", certificate.sigma), ("frame_stack", certificate.frame_stack)]
+    for field, expected in checks:
+        if manifest[field] != expected:
+            raise InputError(f"{manifest_path}: {field}: expected {expected!r} (from {where}), got "
+                             f"{manifest[field]!r}; the bundle would not run the certified smoothed policy")
 
-    Only the deterministic policy is exported, so ``act(..., deterministic=False)`` is refused. With a
-    ``smoothing_sigma`` in the manifest every call adds N(0, σ²) observation noise first (see the module
-    docstring); ``reset(seed=...)`` fixes those draws.
+
+# -- signatures -----------------------------------------------------------------------------------------------
+TrustedKey = Any  # a path to a PEM public key, PEM bytes, or a cryptography Ed25519PublicKey
+
+
+def require_ed25519():
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:
+        raise InputError("bundle signatures need the 'cryptography' package: pip install 'safetybed[export]'"
+                         ) from None
+    return ed25519
+
+
+def public_key_from(key: TrustedKey):
+    """An ``Ed25519PublicKey`` from a PEM file path, PEM bytes or the key itself."""
+    ed25519 = require_ed25519()
+    from cryptography.hazmat.primitives import serialization
+
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.public_key()
+    source = "key"
+    if isinstance(key, str | Path):
+        source = str(key)
+        try:
+            key = Path(key).read_bytes()
+        except OSError as error:
+            raise InputError(f"{source}: cannot read the public key ({error.strerror})") from None
+    try:
+        loaded = serialization.load_pem_public_key(bytes(key))
+    except (ValueError, TypeError) as error:
+        raise InputError(f"{source}: not a PEM public key ({error})") from None
+    if not isinstance(loaded, ed25519.Ed25519PublicKey):
+        raise InputError(f"{source}: expected an ed25519 public key, got {type(loaded).__name__}")
+    return loaded
+
+
+def signed_message(manifest_sha256: str) -> bytes:
+    return SIGNED_PREFIX + bytes.fromhex(manifest_sha256)
+
+
+def verify_signature(bundle_dir: str | Path, manifest: dict[str, Any], trusted_keys: Sequence[TrustedKey]) -> str:
+    """Check ``bundle.sig`` against ``trusted_keys``; returns the hex of the public key that signed.
+
+    Raises:
+        InputError: no trusted key, no signature, or a signature no trusted key verifies.
+    """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    keys = [public_key_from(key) for key in trusted_keys]
+    signature_path = Path(bundle_dir) / SIGNATURE_FILE
+    if not keys:
+        raise InputError("trusted_keys: expected at least one public key, got none")
+    if not signature_path.is_file():
+        raise InputError(f"{signature_path}: missing; the bundle is unsigned and trusted_keys were given")
+    try:
+        document = json.loads(signature_path.read_text(encoding="utf-8"))
+        signature = bytes.fromhex(document["signature"])
+        algorithm = document["algorithm"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{signature_path}: not a bundle signature ({error!r})") from None
+    if algorithm != "ed25519":
+        raise InputError(f"{signature_path}: algorithm: expected 'ed25519', got {algorithm!r}")
+    message = signed_message(manifest["manifest_sha256"])
+    for key in keys:
+        try:
+            key.verify(signature, message)
+        except InvalidSignature:
+            continue
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+    raise InputError(f"{signature_path}: signature: does not verify with any of the {len(keys)} trusted key(s) "
+                     f"(the bundle names signer {str(document.get('public_key'))[:16]}...); it was signed by another "
+                     f"key or the bundle changed after signing")
+
+
+# -- the controller -------------------------------------------------------------------------------------------
+class BundleController(Controller):
+    """A deployed controller: the bundle's module behind the batched :class:`Controller` API.
+
+    Only the deterministic policy is exported, so ``act(..., deterministic=False)`` is refused. The observation
+    space is one *raw* frame; with ``frame_stack = k`` the controller stacks the last ``k`` frames itself (the
+    first frame of an episode fills every slot). With a ``smoothing_sigma`` every call adds one fresh draw of
+    N(0, σ²) noise to the raw frames first (see the module docstring); ``reset(seed=...)`` fixes those draws and
+    starts a new stack.
+
+    Args:
+        module: raw (stacked) observations -> actions.
+        manifest: the verified ``bundle.json``.
+        noise_spawn_key: spawn key of the noise generator (default :data:`seeding_keys.SMOOTHING_NOISE`, the
+            default of ``SmoothedController``; :data:`seeding_keys.OBSERVATION_NOISE` reproduces the certification
+            runner's scenario-side noise draw for draw, on the noise-free scenario only).
 
     Attributes:
-        module: the TorchScript module (raw observations -> actions); a test-time adaptation hook may read it.
+        module: the module (raw observations -> actions); a test-time adaptation hook may read it.
         manifest: the verified ``bundle.json``.
         smoothing_sigma: σ of the observation noise, or ``None``.
+        frame_stack: raw frames the policy reads.
         control_rate_hz: the control rate the policy was trained for [Hz].
     """
 
-    def __init__(self, module: torch.jit.ScriptModule, manifest: dict[str, Any], *, name: str | None = None,
-                 device: str = "cpu"):
+    def __init__(self, module: nn.Module, manifest: dict[str, Any], *, name: str | None = None,
+                 device: str = "cpu", noise_spawn_key: int = seeding_keys.SMOOTHING_NOISE):
         super().__init__(space_from_json(manifest["observation_space"]), space_from_json(manifest["action_space"]))
         self.module = module.eval()
         self.manifest = manifest
@@ -149,13 +367,18 @@ class BundleController(Controller):
         self.device = torch.device(device)
         self.smoothing_sigma: float | None = (None if manifest["smoothing_sigma"] is None
                                               else float(manifest["smoothing_sigma"]))
+        self.frame_stack = int(manifest.get("frame_stack", 1))
         self.control_rate_hz = float(manifest["control_rate_hz"])
-        self.smoothing_rng = np.random.default_rng(0)
+        self.noise_spawn_key = int(noise_spawn_key)
+        self.smoothing_rng = noise_generator(0, self.noise_spawn_key)
+        self.batch_stateless = self.frame_stack == 1 and not self.smoothing_sigma
+        self._history: np.ndarray | None = None
 
     def reset(self, *, seed: int | None = None) -> None:
         super().reset(seed=seed)
         if seed is not None:
-            self.smoothing_rng = noise_generator(seed, seeding_keys.SMOOTHING_NOISE)
+            self.smoothing_rng = noise_generator(seed, self.noise_spawn_key)
+        self._history = None
 
     @torch.no_grad()
     def act(self, obs_batch: np.ndarray, *, deterministic: bool = True) -> np.ndarray:
@@ -164,33 +387,76 @@ class BundleController(Controller):
                              "comes from its smoothing_sigma observation noise")
         obs = self.check_batch(obs_batch)
         if self.smoothing_sigma:
+            # Kumar, Levine & Feizi 2022: one fresh draw per step on the raw frame, before stacking, not clipped;
+            # float handling as SmoothedController and ObservationNoise (float64 sum, then float32).
             obs = add_observation_noise(obs, std=self.smoothing_sigma, rng=self.smoothing_rng, dtype=np.float32)
+        if self.frame_stack > 1:
+            if self._history is not None and self._history.shape[0] != obs.shape[0]:
+                raise ValueError(f"obs_batch: {obs.shape[0]} rows, but this episode started with "
+                                 f"{self._history.shape[0]}; call reset() before changing the batch")
+            self._history = push_frame(self._history, obs, frames=self.frame_stack)
+            obs = self._history.reshape(obs.shape[0], -1)
         action = self.module(torch.as_tensor(obs, device=self.device)).cpu().numpy()
         if isinstance(self.action_space, gym.spaces.Discrete):
             return action.astype(np.int64) + int(self.action_space.start)
         return action.astype(self.action_space.dtype).reshape((-1, *self.action_space.shape))
 
 
-def load_bundle(bundle_dir: str | Path, *, name: str | None = None, device: str = "cpu") -> BundleController:
+def load_bundle(bundle_dir: str | Path, *, name: str | None = None, device: str = "cpu",
+                noise_spawn_key: int = seeding_keys.SMOOTHING_NOISE,
+                trusted_keys: Sequence[TrustedKey] | None = None) -> BundleController:
     """Verify a bundle folder and return its :class:`BundleController`.
+
+    Args:
+        bundle_dir: the bundle folder.
+        name: the controller's name (default ``bundle:<controller>``).
+        device: torch device to run on.
+        noise_spawn_key: see :class:`BundleController`.
+        trusted_keys: ed25519 public keys (PEM file paths, PEM bytes or key objects); when given, the bundle must
+            carry a ``bundle.sig`` that one of them verifies. ``None``: signatures are not checked.
 
     Example::
 
-        controller = load_bundle("bundles/reach_sac")
+        controller = load_bundle("bundles/cartpole_stack5")
         controller.reset(seed=0)
-        actions = controller.act(obs_batch)     # (B, 3) for bullet/reach
+        actions = controller.act(obs_batch)     # obs_batch: (B, 4) raw CartPole frames
 
     Raises:
-        InputError: the bundle is incomplete or was modified (the message names the file and what is wrong).
+        InputError: the bundle is incomplete, was modified, disagrees with its certificate, or is not signed by a
+            trusted key (the message names the file and what is wrong).
     """
     bundle_dir = Path(bundle_dir)
     manifest = read_bundle_manifest(bundle_dir)
+    if trusted_keys is not None:
+        verify_signature(bundle_dir, manifest, trusted_keys)
     model_path = bundle_dir / manifest["model_file"]
+    if manifest["format"] == LEGACY_FORMAT:
+        source = (manifest.get("source") or {}).get("ref") or "CTRL"
+        warnings.warn(f"{bundle_dir}: a {LEGACY_FORMAT} bundle: its {manifest['model_file']} is TorchScript, "
+                      f"serialized code that torch.jit.load runs. Rebuild it as data (safetensors + JSON) with "
+                      f"`safetybed deploy {source} --out NEW_DIR` (add --certificate CERTIFICATE_DIR for a certified "
+                      f"bundle)", SerializedCodeWarning, stacklevel=2)
+        try:
+            module = jit_load(model_path, device=device)
+        except RuntimeError as error:
+            raise InputError(f"{model_path}: not a loadable TorchScript module ({str(error).splitlines()[0]})"
+                             ) from None
+        return BundleController(module, manifest, name=name, device=device, noise_spawn_key=noise_spawn_key)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        module = jit_load(model_path, device=device)
-    except RuntimeError as error:
-        raise InputError(f"{model_path}: not a loadable TorchScript module ({str(error).splitlines()[0]})") from None
-    return BundleController(module, manifest, name=name, device=device)
+        tensors = load_file(str(model_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise InputError(f"{model_path}: not a readable safetensors file ({error})") from None
+    module = build_policy_module(manifest["network"], tensors, source=str(bundle_dir / BUNDLE_MANIFEST))
+    observation_space = space_from_json(manifest["observation_space"])
+    stacked = int(np.prod(observation_space.shape)) * manifest["frame_stack"]
+    if stacked != module.policy.arch.obs_dim:
+        raise InputError(f"{bundle_dir / BUNDLE_MANIFEST}: network.policy.obs_dim: expected {stacked} "
+                         f"(observation_space x frame_stack {manifest['frame_stack']}), got "
+                         f"{module.policy.arch.obs_dim}")
+    return BundleController(module.to(device), manifest, name=name, device=device, noise_spawn_key=noise_spawn_key)
 
 
 # -- running in pybullet ---------------------------------------------------------------------------------------
