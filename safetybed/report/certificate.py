@@ -8,40 +8,29 @@ embedded as ``data:`` URIs, so the file has no external assets and opens offline
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from safetybed.report.render import (
+    STYLE,
+    flatten,
+    fmt,
+    lower_bound,
+    number,
+    png_data_uri,
+    table,
+    upper_bound,
+    verdict,
+)
+
 
 # -- plots ----------------------------------------------------------------------------------------------------
-def _png_data_uri(figure: Any) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-# A certificate is JSON-safe (safetybed.jsonsafe): every non-finite number in it is null. What the field is says
-# which number a null stands for.
-def _number(value: Any) -> float:
-    """An estimate or SEM: null is NaN (none could be computed)."""
-    return math.nan if value is None else float(value)
-
-
-def _lower_bound(value: Any) -> float:
-    """A certified value (a lower confidence bound): null is ``-inf``, the bound that certifies nothing."""
-    return -math.inf if value is None else float(value)
-
-
-def _upper_bound(value: Any) -> float:
-    """An attack's upper confidence bound: null is ``+inf`` (a quantile with too few episodes to bound it)."""
-    return math.inf if value is None else float(value)
-
-
-def _curve_plot(certificate: dict[str, Any]) -> str:
+def certified_curve_plot(certificate: dict[str, Any]) -> str:
+    """The certified value against the budget B, with the worst attacks (+-3 SEM) and any published curve,
+    as a PNG ``data:`` URI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,16 +39,16 @@ def _curve_plot(certificate: dict[str, Any]) -> str:
     figure = Figure(figsize=(7.2, 4.4))
     axes = figure.subplots()
     curve = certificate["curve"]
-    axes.plot(curve["budgets"], [_lower_bound(v) for v in curve["certified"]], color="C0", lw=2,
+    axes.plot(curve["budgets"], [lower_bound(v) for v in curve["certified"]], color="C0", lw=2,
               label=f"certified (ours, n = {certificate['samples']['episodes']:,}, {certificate['method']})")
     rows = certificate["certified"]
-    axes.plot([r["budget"] for r in rows], [_lower_bound(r["certified"]) for r in rows], "o", color="C0")
-    clean = _number(certificate["clean"]["estimate"])
+    axes.plot([r["budget"] for r in rows], [lower_bound(r["certified"]) for r in rows], "o", color="C0")
+    clean = number(certificate["clean"]["estimate"])
     axes.axhline(clean, color="C0", ls=":", lw=1, label=f"clean smoothed estimate (ours) {clean:.4g}")
     attacks = certificate["attacks"].get("per_budget") or []
     if attacks:
-        sems = [_number(r["attacked_sem"]) for r in attacks]
-        axes.errorbar([r["budget"] for r in attacks], [_number(r["attacked"]) for r in attacks],
+        sems = [number(r["attacked_sem"]) for r in attacks]
+        axes.errorbar([r["budget"] for r in attacks], [number(r["attacked"]) for r in attacks],
                       yerr=[3 * s if math.isfinite(s) else 0 for s in sems], fmt="s", color="C3", capsize=3,
                       label="worst attack (ours), +-3 SEM")
     reference = certificate.get("reference")
@@ -69,11 +58,11 @@ def _curve_plot(certificate: dict[str, Any]) -> str:
         axes.axhline(reference["clean"], color="C7", ls=":", lw=1,
                      label=f"published re-run clean {reference['clean']:g}")
     axes.set_xlabel("total l2 budget B (observation units)")
-    axes.set_ylabel(_quantity_label(certificate))
+    axes.set_ylabel(quantity_label(certificate))
     axes.set_title(f"{certificate['name']}: sigma = {certificate['sigma']:g}, alpha = {certificate['alpha']:g}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    return _png_data_uri(figure)
+    return png_data_uri(figure)
 
 
 def _histogram_plot(certificate: dict[str, Any]) -> str:
@@ -92,77 +81,27 @@ def _histogram_plot(certificate: dict[str, Any]) -> str:
     axes.set_ylabel("episodes")
     axes.set_title(f"clean return distribution, n = {certificate['samples']['episodes']:,}")
     axes.grid(alpha=0.3)
-    return _png_data_uri(figure)
+    return png_data_uri(figure)
 
 
 # -- HTML -------------------------------------------------------------------------------------------------------
-def _quantity_label(certificate: dict[str, Any]) -> str:
+def quantity_label(certificate: dict[str, Any]) -> str:
+    """What the certified number is, in words (axis label, table header)."""
     return {"expected_return": "expected episode return", "no_collision": "P(no collision)",
             "success": "P(success)", "percentile": f"{certificate.get('p')}-quantile of the return"}[
         certificate["quantity"]]
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float | int):
-        if isinstance(value, float) and math.isnan(value):
-            return "-"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _table(table_id: str, header: list[str], rows: list[list[Any]], *, caption: str = "") -> str:
-    escape = html.escape
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell if isinstance(cell, _Raw) else escape(_fmt(cell))}</td>"
-                                    for cell in row) + "</tr>" for row in rows)
-    caption_html = f"<caption>{escape(caption)}</caption>" if caption else ""
-    return f'<table id="{table_id}">{caption_html}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-class _Raw(str):
-    """Trusted HTML produced here (never user text)."""
-
-
-def _verdict(passed: bool) -> _Raw:
-    return _Raw('<span class="pass">pass</span>' if passed else '<span class="fail">FAIL</span>')
-
-
-def _flatten(prefix: str, value: Any, out: list[list[Any]]) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
-    elif isinstance(value, list) and len(value) > 12:
-        out.append([prefix, f"[{len(value)} values] " + json.dumps(value[:6]) + " ..."])
-    else:
-        out.append([prefix, json.dumps(value) if isinstance(value, list | dict) else value])
-
-
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1000px;margin:2em auto;
-color:#1d1d1f;padding:0 1em}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6em 0;font-size:.86em}td,th{border:1px solid #ccc;padding:.25em .55em;
-text-align:left;vertical-align:top}th{background:#f3f3f3}caption{text-align:left;font-style:italic;padding:.2em}
-.pass{color:#116611;font-weight:600}.fail{color:#b00020;font-weight:700}.guarantee{background:#f4f8ff;
-border-left:4px solid #3366cc;padding:.6em 1em}.note{color:#555;font-size:.9em}img{max-width:100%}
-code{background:#f3f3f3;padding:0 .2em}
-"""
 
 
 def render_certificate_html(certificate: dict[str, Any]) -> str:
     """The report as one HTML string (no external assets)."""
     escape = html.escape
     name = escape(certificate["name"])
-    quantity = _quantity_label(certificate)
+    quantity = quantity_label(certificate)
     samples = certificate["samples"]
     clean = certificate["clean"]
     attacks = certificate["attacks"]
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Certificate {name}</title>"
-             f"<style>{_STYLE}</style></head><body>",
+             f"<style>{STYLE}</style></head><body>",
              f"<h1>Policy-smoothing certificate: {name}</h1>",
              f"<p class=\"note\">certificate id <code>{escape(certificate['certificate_id'])}</code>, created "
              f"{escape(certificate['created_utc'])}; controller weights sha256 "
@@ -176,27 +115,27 @@ def render_certificate_html(certificate: dict[str, Any]) -> str:
 
     parts.append("<h2>Certified value against the budget</h2>")
     parts.append(f'<img id="curve-plot" alt="certified {escape(quantity)} against the budget B" '
-                 f'src="{_curve_plot(certificate)}">')
+                 f'src="{certified_curve_plot(certificate)}">')
     reference = certificate.get("reference")
     if reference:
         parts.append(f"<p class=\"note\">Grey dashed: {escape(reference['source'])}. Its agent differs from ours "
                      f"(DQN on a 5-frame stack vs our controller), so the curves compare settings, not "
                      f"checkpoints.</p>")
-    rows = [[r["budget"], r["budget_over_sigma"], _lower_bound(r["certified"]), r["method"]]
+    rows = [[r["budget"], r["budget_over_sigma"], lower_bound(r["certified"]), r["method"]]
             for r in certificate["certified"]]
     if reference:
         published = dict(zip(reference["budgets"], reference["certified"], strict=True))
         rows = [row + [published.get(row[0])] for row in rows]
-    parts.append(_table("certified-table", ["B", "B / sigma", f"certified {quantity}", "estimator"]
-                        + (["published re-run"] if reference else []), rows,
-                        caption=f"clean estimate {_fmt(clean['estimate'])} (SEM {_fmt(clean['sem'], 3)}); "
-                                f"certified at B = 0: {_fmt(_lower_bound(clean['certified_at_zero']))}; alpha = "
-                                f"{certificate['alpha']:g}, n = {samples['episodes']:,}"))
+    parts.append(table("certified-table", ["B", "B / sigma", f"certified {quantity}", "estimator"]
+                       + (["published re-run"] if reference else []), rows,
+                       caption=f"clean estimate {fmt(clean['estimate'])} (SEM {fmt(clean['sem'], 3)}); "
+                               f"certified at B = 0: {fmt(lower_bound(clean['certified_at_zero']))}; alpha = "
+                               f"{certificate['alpha']:g}, n = {samples['episodes']:,}"))
 
     parts.append("<h2>Clean return distribution</h2>")
     parts.append(f'<img id="histogram-plot" alt="histogram of clean smoothed returns" '
                  f'src="{_histogram_plot(certificate)}">')
-    parts.append(_table("clean-table", ["statistic", "value"], [
+    parts.append(table("clean-table", ["statistic", "value"], [
         ["mean return", clean["mean_return"]], ["return std", clean["return_std"]],
         ["min return", clean["return_min"]], ["max return", clean["return_max"]],
         ["no-collision rate", clean["no_collision_rate"]], ["success rate", clean["success_rate"]]]))
@@ -209,22 +148,22 @@ def render_certificate_html(certificate: dict[str, Any]) -> str:
                      f"({len(attacks['configurations'])} configurations x {len(attacks['per_budget'])} budgets + "
                      f"1 control), {attacks['attacked_episodes']:,} attacked episodes in all; "
                      f"<b>{len(attacks['violations'])} violation(s)</b>.</p>")
-        attack_rows = [[r["budget"], _lower_bound(r["certified"]), r["attacked"], r["attacked_sem"],
-                        _upper_bound(r["attacked_upper"]),
-                        json.dumps(r["worst_configuration"]), _verdict(r["pass"])] for r in attacks["per_budget"]]
-        parts.append(_table("attack-table", ["B", "certificate", "worst attacked", "SEM", "upper (+3 SEM)",
-                                             "worst configuration", "check"], attack_rows,
-                            caption=f"{attacks['episodes']} episodes per configuration and budget"))
+        attack_rows = [[r["budget"], lower_bound(r["certified"]), r["attacked"], r["attacked_sem"],
+                        upper_bound(r["attacked_upper"]),
+                        json.dumps(r["worst_configuration"]), verdict(r["pass"])] for r in attacks["per_budget"]]
+        parts.append(table("attack-table", ["B", "certificate", "worst attacked", "SEM", "upper (+3 SEM)",
+                                            "worst configuration", "check"], attack_rows,
+                           caption=f"{attacks['episodes']} episodes per configuration and budget"))
         run_rows = [[r["budget"], json.dumps(r["configuration"]), r["estimate"], r["sem"], r["budget_spent_mean"],
                      r["attacked_steps_mean"]] for r in attacks["runs"]]
-        parts.append(_table("attack-runs-table", ["B", "configuration", "attacked estimate", "SEM",
-                                                  "mean budget spent", "mean attacked steps"], run_rows,
-                            caption="every configuration"))
+        parts.append(table("attack-runs-table", ["B", "configuration", "attacked estimate", "SEM",
+                                                 "mean budget spent", "mean attacked steps"], run_rows,
+                           caption="every configuration"))
         control = attacks.get("control")
         if control:
             parts.append(f"<p class=\"note\">Control: {escape(control['note'])}: attacked estimate "
-                         f"{_fmt(control['estimate'])} (SEM {_fmt(control['sem'], 3)}) at B = "
-                         f"{_fmt(control['budget'])}.</p>")
+                         f"{fmt(control['estimate'])} (SEM {fmt(control['sem'], 3)}) at B = "
+                         f"{fmt(control['budget'])}.</p>")
         for note in attacks.get("skipped", []):
             parts.append(f"<p class=\"note\">{escape(note)}</p>")
 
@@ -233,10 +172,10 @@ def render_certificate_html(certificate: dict[str, Any]) -> str:
     for key in ("quantity", "p", "estimator", "method", "alpha", "confidence", "sigma"):
         settings.append([key, certificate.get(key)])
     for section in ("smoothing", "samples", "controller", "scenario", "spec"):
-        _flatten(section, certificate[section], settings)
-    _flatten("attack.settings", attacks.get("settings", {}), settings)
-    parts.append(_table("settings-table", ["setting", "value"], settings))
-    parts.append(_table("versions-table", ["package", "version"], list(map(list, certificate["versions"].items()))))
+        flatten(section, certificate[section], settings)
+    flatten("attack.settings", attacks.get("settings", {}), settings)
+    parts.append(table("settings-table", ["setting", "value"], settings))
+    parts.append(table("versions-table", ["package", "version"], list(map(list, certificate["versions"].items()))))
     parts.append("</body></html>")
     return "\n".join(parts)
 

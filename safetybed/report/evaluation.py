@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetybed.report.certificate import _fmt, _png_data_uri, _Raw, _table, _verdict
+from safetybed.report.render import Raw, fmt, png_data_uri, table, verdict
 
 
 def _rhw_plot(document: dict[str, Any]) -> str:
@@ -30,7 +30,7 @@ def _rhw_plot(document: dict[str, Any]) -> str:
     axis.set_ylabel(f"relative half-width ({document.get('confidence', 0.9):.0%} CI)")
     axis.set_title("Precision vs number of tests")
     axis.legend(fontsize=8)
-    uri = _png_data_uri(figure)
+    uri = png_data_uri(figure)
     plt.close(figure)
     return uri
 
@@ -43,32 +43,32 @@ def render_evaluation_html(document: dict[str, Any]) -> str:
         ci = entry.get("ci") or [None, None]
         boot = entry.get("bootstrap") or {}
         ratios = entry.get("fewer_tests_than") or {}
-        rows.append([entry["method"], entry["estimate"], f"[{_fmt(ci[0])}, {_fmt(ci[1])}]", entry.get("rhw"),
+        rows.append([entry["method"], entry["estimate"], f"[{fmt(ci[0])}, {fmt(ci[1])}]", entry.get("rhw"),
                      entry["n"], entry["n_crashes"], entry.get("training_tests", 0), entry.get("tests_needed"),
                      entry.get("tests_to_target"),
-                     f"{_fmt(boot.get('median'))} [{_fmt(boot.get('p10'))}, {_fmt(boot.get('p90'))}]",
+                     f"{fmt(boot.get('median'))} [{fmt(boot.get('p10'))}, {fmt(boot.get('p90'))}]",
                      ratios.get("crude"), ratios.get("nade")])
-    summary = _table("methods", ["method", "estimate", f"{document.get('confidence', 0.9):.0%} CI", "RHW", "tests",
-                                 "crashes", "training tests", "tests to RHW<0.3 (extrapolated)",
-                                 "observed", "bootstrap median [p10, p90]", "x fewer than crude",
-                                 "x fewer than NADE"], rows,
-                     caption="tests to the target RHW: extrapolated n (rhw/target)^2 from the per-test variance; "
-                             "observed = first n after which the running RHW stays below the target")
+    summary = table("methods", ["method", "estimate", f"{document.get('confidence', 0.9):.0%} CI", "RHW", "tests",
+                                "crashes", "training tests", "tests to RHW<0.3 (extrapolated)",
+                                "observed", "bootstrap median [p10, p90]", "x fewer than crude",
+                                "x fewer than NADE"], rows,
+                    caption="tests to the target RHW: extrapolated n (rhw/target)^2 from the per-test variance; "
+                            "observed = first n after which the running RHW stays below the target")
     coverage_html = ""
     if document.get("coverage"):
         cov_rows = [[row["method"], row["repetitions"], row["tests_per_repetition"], row["covered"],
                      row["coverage"], row.get("mean_estimate"), row.get("bias_z"),
-                     _verdict(row["coverage"] >= document.get("coverage_goal", 0.85))]
+                     verdict(row["coverage"] >= document.get("coverage_goal", 0.85))]
                     for row in document["coverage"]]
-        coverage_html = "<h2>Coverage over repetitions</h2>" + _table(
+        coverage_html = "<h2>Coverage over repetitions</h2>" + table(
             "coverage", ["method", "repetitions", "tests each", "covered", "coverage", "mean estimate",
                          "bias z", "goal"], cov_rows,
             caption=f"share of {document.get('confidence', 0.9):.0%} CIs covering the exact value "
-                    f"{_fmt(exact)}; goal {document.get('coverage_goal', 0.85):.0%}")
-    settings = _table("settings", ["setting", "value"],
-                      [[key, json.dumps(document[key]) if isinstance(document[key], dict | list) else document[key]]
-                       for key in ("scenario", "controller", "seed", "confidence", "target_rhw",
-                                   "exact_crash_probability", "package_version") if key in document])
+                    f"{fmt(exact)}; goal {document.get('coverage_goal', 0.85):.0%}")
+    settings = table("settings", ["setting", "value"],
+                     [[key, json.dumps(document[key]) if isinstance(document[key], dict | list) else document[key]]
+                      for key in ("scenario", "controller", "seed", "confidence", "target_rhw",
+                                  "exact_crash_probability", "package_version") if key in document])
     plot = f'<img alt="RHW vs tests" src="{_rhw_plot(document)}">'
     caveats = "".join(f"<p class='fail'>{escape(entry['method'])}: {escape(entry['caveat'])}</p>"
                       for entry in document["methods"] if entry.get("caveat"))
@@ -82,7 +82,7 @@ def render_evaluation_html(document: dict[str, Any]) -> str:
             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}.pass{color:green}.fail{color:red}"
             f"</style></head><body><h1>{escape(title)}</h1>"
             f"<p>Controller: {escape(str(document.get('controller', '')))}. Crash probability per test.</p>"
-            f"{summary}{caveats}{_Raw(plot)}{coverage_html}<h2>Settings</h2>{settings}</body></html>")
+            f"{summary}{caveats}{Raw(plot)}{coverage_html}<h2>Settings</h2>{settings}</body></html>")
 
 
 def write_evaluation(document: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
