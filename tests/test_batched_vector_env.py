@@ -198,3 +198,38 @@ def test_clear_errors():
     merge = load_scenario_arg("highway/merge")[0]
     with pytest.raises(InputError, match="families"):
         BatchedHighwayVectorEnv(merge, 2)
+
+
+@pytest.mark.parametrize("noise_std", [0.0, 0.1])
+def test_same_step_autoreset_and_observation_noise_match_sync_vector_env(noise_std):
+    """SAME_STEP (the training loops' mode): the final observation in info, the reset one returned, and
+    perturbations.observation_noise_std drawn per sub-env as ObservationNoise in each sub-env of SyncVectorEnv."""
+    from safetybed.sims import make_env
+
+    data = _spec(episode_steps=2).model_dump()
+    data["perturbations"]["observation_noise_std"] = noise_std
+    spec = ScenarioSpec.model_validate(data)
+    ours = BatchedHighwayVectorEnv(spec, 3, autoreset_mode=AutoresetMode.SAME_STEP)
+    theirs = gym.vector.SyncVectorEnv([lambda: make_env(spec)] * 3, autoreset_mode=AutoresetMode.SAME_STEP)
+    assert ours.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    obs, _ = ours.reset(seed=4)
+    ref_obs, _ = theirs.reset(seed=4)
+    np.testing.assert_allclose(obs, ref_obs, atol=1e-4)
+    actions = np.zeros((3, 2), dtype=np.float32)
+    for step in range(5):  # 0-based: both episodes of every sub-env end at steps 1 and 3
+        obs, reward, terminated, truncated, info = ours.step(actions)
+        ref_obs, ref_reward, ref_terminated, ref_truncated, ref_info = theirs.step(actions)
+        np.testing.assert_array_equal(truncated, ref_truncated)
+        assert truncated.all() == (step in (1, 3))
+        assert set(info) == set(ref_info), step
+        np.testing.assert_allclose(reward, ref_reward, atol=1e-3)
+        if step in (1, 3):  # reset observations of the next episodes; the last ones of the old in final_obs
+            np.testing.assert_allclose(obs, ref_obs, atol=1e-4)
+            np.testing.assert_array_equal(info["_final_obs"], ref_info["_final_obs"])
+            np.testing.assert_allclose(np.stack(info["final_obs"]), np.stack(ref_info["final_obs"]), atol=1e-2)
+            np.testing.assert_array_equal(info["safety"]["progress_m"], 0.0)
+            assert info["final_info"][0]["safety"]["progress_m"] > 0
+        else:
+            np.testing.assert_allclose(obs, ref_obs, atol=1e-2)
+    if noise_std:  # the noise differs between sub-envs and steps, so the comparison above tested it
+        assert not np.allclose(obs[0], obs[1])

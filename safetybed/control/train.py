@@ -25,9 +25,9 @@ def train_from_spec(spec_path: str | Path, *, steps: int | None = None, device: 
     spec = loaded.spec
     config = check_hyper(spec, source=loaded.path)
     scenario, _ = load_scenario_arg(loaded.scenario_ref())
+    extras = [load_scenario_arg(loaded.scenario_ref(ref))[0] for ref in spec.train.extra_scenarios]
     if spec.train.observation_noise_std > 0:
-        scenario = scenario.model_copy(update={"perturbations": scenario.perturbations.model_copy(
-            update={"observation_noise_std": spec.train.observation_noise_std})})
+        scenario, *extras = [_with_noise(s, spec.train.observation_noise_std) for s in (scenario, *extras)]
     if steps is not None and steps < 1:
         raise InputError(f"--steps: expected >= 1, got {steps}")
     out_dir = Path(out) if out is not None else loaded.checkpoint_dir
@@ -38,6 +38,7 @@ def train_from_spec(spec_path: str | Path, *, steps: int | None = None, device: 
                        device=resolve_device(device or spec.train.device),
                        eval_every_steps=min(spec.train.eval_every_steps, total_steps),
                        eval_episodes=spec.train.eval_episodes, vector=spec.train.vector,
+                       collision_penalty=spec.train.collision_penalty, extra_scenarios=tuple(extras),
                        logger=CSVLogger(out_dir / "training_log.csv"), progress=progress)
     result = algorithm_module(spec.algorithm).train(setup, config)
     last = setup.evaluations[-1] if setup.evaluations else None
@@ -56,3 +57,10 @@ def train_from_spec(spec_path: str | Path, *, steps: int | None = None, device: 
                "final_eval_return_std": final["eval_return_std"]}
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def _with_noise(scenario, std: float):
+    """``scenario`` with ``perturbations.observation_noise_std = std`` (drawn per raw frame, before stacking)."""
+    return scenario.model_copy(update={"perturbations": scenario.perturbations.model_copy(
+        update={"observation_noise_std": std})})
+

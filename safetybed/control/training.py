@@ -94,10 +94,25 @@ class TrainSetup:
     eval_every_steps: int = 10_000
     eval_episodes: int = 10
     vector: str = "sync"
+    #: ``[train] collision_penalty``: subtracted from the training reward of a step that ends in a collision.
+    collision_penalty: float = 0.0
+    #: ``[train] extra_scenarios``: more scenarios to train on besides ``scenario`` (same spaces); the ``envs``
+    #: sub-environments and the evaluation episodes are split evenly over all of them.
+    extra_scenarios: tuple[ScenarioSpec, ...] = ()
     logger: CSVLogger = field(default_factory=lambda: CSVLogger(None))
     progress: Callable[[int, int], None] | None = None
 
     def __post_init__(self) -> None:
+        self.scenarios = (self.scenario, *self.extra_scenarios)
+        if self.envs % len(self.scenarios):
+            raise InputError(f"[train] envs = {self.envs}: expected a multiple of the number of training scenarios "
+                             f"({len(self.scenarios)}: {', '.join(s.name for s in self.scenarios)}), so that each "
+                             f"gets the same number of sub-environments")
+        spaces = _single_spaces(self.scenario)
+        for extra in self.extra_scenarios:
+            if _single_spaces(extra) != spaces:
+                raise InputError(f"[train] extra_scenarios: {extra.name!r} has observation/action spaces "
+                                 f"{_single_spaces(extra)}, expected those of {self.scenario.name!r}: {spaces}")
         self.seed_sequence = np.random.SeedSequence(self.seed)
         env_seq, sample_seq, torch_seq, self._eval_seq = self.seed_sequence.spawn(4)
         self.env_seed = int(env_seq.generate_state(1)[0])
@@ -114,16 +129,33 @@ class TrainSetup:
         self.evaluations: list[dict[str, float]] = []
 
     # -- environments ----------------------------------------------------------------------------------------
-    def make_vec_env(self) -> gym.vector.VectorEnv:
-        """``envs`` copies of the scenario, autoreset in the same step (final obs in ``info["final_obs"]``)."""
-        scenario_json = self.scenario.model_dump_json()
-        fns = [_EnvFactory(scenario_json) for _ in range(self.envs)]
+    def _vec_env(self, scenario: ScenarioSpec, count: int) -> gym.vector.VectorEnv:
         mode = gym.vector.AutoresetMode.SAME_STEP
-        if self.vector == "async" and self.envs > 1:
+        if self.vector == "batched":
+            from safetybed.sims.batched.vector_env import BatchedHighwayVectorEnv
+
+            # One torch batch on the host (the networks may be on a GPU): the same episodes as the
+            # highway-env backend's sub-environments (placement draw for draw, noise draw for draw).
+            return BatchedHighwayVectorEnv(scenario, count, autoreset_mode=mode)
+        scenario_json = scenario.model_dump_json()
+        fns = [_EnvFactory(scenario_json) for _ in range(count)]
+        if self.vector == "async" and count > 1:
             env = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="spawn")
         else:
             env = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
         return env
+
+    def make_vec_env(self) -> gym.vector.VectorEnv:
+        """``envs`` sub-environments, autoreset in the same step (final obs in ``info["final_obs"]``), split evenly
+        over ``scenarios`` (the spec's scenario first, then ``[train] extra_scenarios``) in that order.
+
+        ``vector``: ``sync`` / ``async`` gymnasium vector envs over :func:`safetybed.sims.make_env`, or
+        ``batched``: the batched highway backend (:class:`safetybed.sims.batched.vector_env.BatchedHighwayVectorEnv`;
+        straight-road highway families only, observation noise the only perturbation).
+        """
+        share = self.envs // len(self.scenarios)
+        envs = [self._vec_env(scenario, share) for scenario in self.scenarios]
+        return envs[0] if len(envs) == 1 else ConcatVectorEnv(envs)
 
     def reset_vec_env(self, env: gym.vector.VectorEnv) -> np.ndarray:
         obs, _ = env.reset(seed=[self.env_seed + i for i in range(self.envs)])
@@ -159,21 +191,50 @@ class TrainSetup:
         return ObsNormalizer(int(np.prod(self.observation_space.shape)), enabled=self.network.normalize_observations,
                              std_floor=self.network.observation_std_floor).to(self.device)
 
+    def training_reward(self, reward: np.ndarray, info: dict[str, Any], ended: np.ndarray) -> np.ndarray:
+        """The reward the learner sees: the scenario's, minus ``collision_penalty`` where a step collided.
+
+        Vector envs autoreset in the same step, so an ended sub-env's step info is in ``info["final_info"]``
+        (``info["safety"]`` of that row is already its reset info).
+        """
+        if not self.collision_penalty:
+            return reward
+        collided = np.zeros(len(reward), dtype=bool)
+        safety = info.get("safety", {})
+        if "collision" in safety:
+            collided |= np.asarray(safety["collision"], dtype=bool) & np.asarray(safety["_collision"], dtype=bool)
+        final = info.get("final_info")
+        for row in np.flatnonzero(ended):
+            if final is not None and info["_final_info"][row]:
+                collided[row] = bool(final[row].get("safety", {}).get("collision", False))
+        return np.asarray(reward, dtype=np.float64) - self.collision_penalty * collided
+
     # -- evaluation / progress -------------------------------------------------------------------------------
     def evaluate(self, policy: Policy, obs_norm: ObsNormalizer, *, episodes: int | None = None) -> dict[str, float]:
-        """Mean and std of the deterministic policy's return over seeded evaluation episodes."""
+        """Mean and std of the deterministic policy's return, and its collision rate, over seeded evaluation
+        episodes (of the training scenario, with its ``observation_noise_std``)."""
         from safetybed.sims.rollout import rollout
 
-        env = make_env(self.scenario)
-        controller = PolicyController(policy, obs_norm, observation_space=env.observation_space,
-                                      action_space=env.action_space, name="training-eval", device=str(self.device))
         count = episodes or self.eval_episodes
         seeds = self._eval_seeds if count <= len(self._eval_seeds) else self._eval_seq.generate_state(count)
-        returns = [rollout(env, controller, seed=int(seed)).episode_return for seed in seeds[:count]]
-        env.close()
+        records, row = [], {}
+        for index, scenario in enumerate(self.scenarios):  # episode i on scenario i mod len(scenarios)
+            env = make_env(scenario)
+            controller = PolicyController(policy, obs_norm, observation_space=env.observation_space,
+                                          action_space=env.action_space, name="training-eval",
+                                          device=str(self.device))
+            mine = [rollout(env, controller, seed=int(seed)) for seed in seeds[index:count:len(self.scenarios)]]
+            env.close()
+            if len(self.scenarios) > 1 and mine:
+                tag = scenario.name.replace("/", "_")
+                row[f"eval_{tag}_return_mean"] = float(np.mean([r.episode_return for r in mine]))
+                row[f"eval_{tag}_collision_rate"] = float(np.mean([r.collision for r in mine]))
+            records += mine
+        returns = [record.episode_return for record in records]
         policy.train()
         return {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
-                "eval_episodes": float(len(returns))}
+                "eval_episodes": float(len(returns)),
+                "eval_collision_rate": float(np.mean([record.collision for record in records])), **row}
 
     def maybe_evaluate(self, env_steps: int, policy: Policy, obs_norm: ObsNormalizer, *,
                        extra: dict[str, Any] | None = None, force: bool = False) -> dict[str, float] | None:
@@ -202,6 +263,67 @@ def _is_number(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.numel() == 1
     return isinstance(value, int | float) and math.isfinite(float(value))
+
+
+class ConcatVectorEnv(gym.vector.VectorEnv):
+    """Several vector envs with the same single spaces side by side: sub-envs of ``envs[0]``, then ``envs[1]``, ...
+
+    ``reset(seed=[...])`` takes one seed per sub-env (in that order); an int ``s`` gives sub-env ``i`` seed
+    ``s + i`` as gymnasium's vector envs. Infos are merged as ``SyncVectorEnv._add_info`` would merge the
+    sub-envs' infos (arrays with ``_key`` masks; rows of an env that gave no such key are masked out).
+    """
+
+    def __init__(self, envs: list[gym.vector.VectorEnv]):
+        self.envs = envs
+        self.sizes = [int(env.num_envs) for env in envs]
+        self.num_envs = sum(self.sizes)
+        self.single_observation_space = envs[0].single_observation_space
+        self.single_action_space = envs[0].single_action_space
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        modes = {env.metadata.get("autoreset_mode") for env in envs}
+        if len(modes) != 1:
+            raise ValueError(f"envs: expected one autoreset mode, got {modes}")
+        self.metadata = {"autoreset_mode": modes.pop()}
+
+    def _split(self, values: Any) -> list[Any]:
+        bounds = np.cumsum([0, *self.sizes])
+        return [values[bounds[i]:bounds[i + 1]] for i in range(len(self.envs))]
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None):
+        if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+            seed = [int(seed) + i for i in range(self.num_envs)]
+        seeds = self._split(seed) if seed is not None else [None] * len(self.envs)
+        results = [env.reset(seed=s, options=options) for env, s in zip(self.envs, seeds, strict=True)]
+        return (np.concatenate([obs for obs, _ in results]), _merge_infos([info for _, info in results], self.sizes))
+
+    def step(self, actions: np.ndarray):
+        results = [env.step(a) for env, a in zip(self.envs, self._split(np.asarray(actions)), strict=True)]
+        obs, rewards, terminated, truncated = (np.concatenate([r[k] for r in results]) for k in range(4))
+        return obs, rewards, terminated, truncated, _merge_infos([r[4] for r in results], self.sizes)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _merge_infos(infos: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+    """Concatenate the vector infos of consecutive blocks of ``sizes`` sub-envs (``_key`` masks kept)."""
+    merged: dict[str, Any] = {}
+    keys = [key for info in infos for key in info if not key.startswith("_")]
+    for key in dict.fromkeys(keys):
+        present = [info for info in infos if key in info]
+        if isinstance(present[0][key], dict):
+            parts = [info.get(key, {}) for info in infos]
+            merged[key] = _merge_infos(parts, sizes)
+        else:
+            template = np.asarray(present[0][key])
+            blocks = [np.asarray(info[key]) if key in info else np.zeros((size,), dtype=template.dtype)
+                      for info, size in zip(infos, sizes, strict=True)]
+            merged[key] = np.concatenate(blocks)
+        merged[f"_{key}"] = np.concatenate([np.asarray(info.get(f"_{key}", np.zeros(size, np.bool_)), np.bool_)
+                                            for info, size in zip(infos, sizes, strict=True)])
+    return merged
 
 
 class _EnvFactory:

@@ -53,8 +53,15 @@ class TrainSpec(StrictModel):
     eval_every_steps: int = Field(10_000, ge=1)
     eval_episodes: int = Field(10, ge=1, le=10_000)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    vector: Literal["sync", "async"] = "sync"
+    vector: Literal["sync", "async", "batched"] = "sync"
     observation_noise_std: float = Field(0.0, ge=0, le=100)
+    #: Subtracted from the reward of every step that ends in a collision (``info["safety"]["collision"]``), in
+    #: training only: the scenario's reward (0 at a collision, and no more steps) is what evaluation, runs and
+    #: certificates use. 0: train on the scenario's reward.
+    collision_penalty: float = Field(0.0, ge=0, le=1e6)
+    #: More scenarios (catalogue names or paths relative to the spec) trained on besides ``scenario``, with the
+    #: same observation and action spaces; ``envs`` and the evaluation episodes are split evenly over all.
+    extra_scenarios: list[str] = Field(default_factory=list, max_length=16)
 
 
 class ControllerSpec(StrictModel):
@@ -81,10 +88,12 @@ class LoadedControllerSpec:
     def checkpoint_dir(self) -> Path:
         return (self.path.parent / self.spec.checkpoint).resolve()
 
-    def scenario_ref(self) -> str:
-        """The scenario as a path when it is one relative to the spec, else the catalogue name."""
-        candidate = self.path.parent / self.spec.scenario
-        return str(candidate) if candidate.suffix == ".toml" else self.spec.scenario
+    def scenario_ref(self, ref: str | None = None) -> str:
+        """The scenario (or ``ref``, e.g. one of ``[train] extra_scenarios``) as a path when it is one relative
+        to the spec, else the catalogue name."""
+        ref = self.spec.scenario if ref is None else ref
+        candidate = self.path.parent / ref
+        return str(candidate) if candidate.suffix == ".toml" else ref
 
 
 def load_controller_spec(path: str | Path) -> LoadedControllerSpec:

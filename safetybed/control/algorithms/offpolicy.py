@@ -129,6 +129,7 @@ def train_off_policy(setup: TrainSetup, agent: OffPolicyAgent, *, arch: PolicyAr
         if "_final_obs" in info:
             for index in np.flatnonzero(info["_final_obs"]):
                 final_obs[index] = info["final_obs"][index]
+        reward = setup.training_reward(reward, info, terminated | truncated)
         buffer.add(obs, action, reward, final_obs, terminated)
         obs_norm.update(as_tensor(next_obs if normalise_on_arrival else obs))
         obs = next_obs

@@ -64,6 +64,7 @@ def train_on_policy(setup: TrainSetup, config: Any, *,
     terms: dict[str, torch.Tensor] = {}
     for _ in range(iterations):
         raw_obs, last_values = collect(env, buffer, raw_obs, policy=policy, value=value, obs_norm=obs_norm,
+                                       training_reward=setup.training_reward,
                                        generator=setup.generator, action_space=action_space,
                                        reward_scaler=reward_scaler)
         env_steps += batch_size

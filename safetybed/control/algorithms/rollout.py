@@ -18,7 +18,7 @@ of the baselines' policies (drawn from the caller's generator) and return-based 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -206,8 +206,13 @@ def to_env_actions(actions: torch.Tensor, action_space: gym.Space) -> np.ndarray
 @torch.no_grad()
 def collect(env: gym.vector.VectorEnv, buffer: RolloutBuffer, raw_obs: np.ndarray, *, policy: Policy,
             value: ValueNetwork, obs_norm: ObsNormalizer, generator: torch.Generator, action_space: gym.Space,
-            reward_scaler: RewardScaler | None = None) -> tuple[np.ndarray, torch.Tensor]:
+            reward_scaler: RewardScaler | None = None,
+            training_reward: Callable[[np.ndarray, dict, np.ndarray], np.ndarray] | None = None,
+            ) -> tuple[np.ndarray, torch.Tensor]:
     """Fill ``buffer`` with ``buffer.steps`` vector steps from ``raw_obs``.
+
+    ``training_reward(reward, info, ended)``: the reward the learner sees (``TrainSetup.training_reward``:
+    the scenario's minus the collision penalty), applied before ``reward_scaler``.
 
     Observations update the normaliser (when enabled) before the policy sees them. Returns the raw
     observation to continue from and ``V`` of it (the bootstrap value after the last step).
@@ -232,6 +237,8 @@ def collect(env: gym.vector.VectorEnv, buffer: RolloutBuffer, raw_obs: np.ndarra
         if cut.size:
             final_obs = np.stack([info["final_obs"][i] for i in cut])
             final_values[torch.as_tensor(cut, device=device)] = value(normalised(final_obs))
+        if training_reward is not None:
+            rewards = training_reward(rewards, info, done)
         if reward_scaler is not None:
             rewards = reward_scaler(np.asarray(rewards, dtype=np.float64), done)
         buffer.add(obs=obs, actions=actions, log_probs=log_probs, values=values, rewards=as_tensor(rewards),

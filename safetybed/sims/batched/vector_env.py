@@ -16,7 +16,16 @@ highway-env backend (:func:`safetybed.sims.highway.make_highway_env`) of one str
 * autoreset: ``AutoresetMode.NEXT_STEP``, gymnasium >= 1.0's default (``metadata["autoreset_mode"]``; see
   https://farama.org/Vector-Autoreset-Mode and ``SyncVectorEnv.step``): the ``step`` after a sub-environment
   terminated or truncated resets it, ignores its action and returns its first observation with reward 0,
-  ``terminated = truncated = False`` and its reset info;
+  ``terminated = truncated = False`` and its reset info. ``autoreset_mode=AutoresetMode.SAME_STEP`` (what the
+  training loops use): a sub-environment that ends is reset in the same step, which returns its first new
+  observation, and its last observation is in ``infos["final_obs"]`` (object array, ``infos["_final_obs"]`` the
+  mask) with its ``info["safety"]`` in ``infos["final_info"]``, as ``SyncVectorEnv`` in that mode;
+* observation noise: ``perturbations.observation_noise_std`` (the only perturbation simulated here) adds fresh
+  N(0, std^2) noise to every observation of every sub-environment, exactly as
+  :class:`safetybed.sims.base.ObservationNoise` in each sub-environment would: one generator per
+  sub-environment, re-seeded from the seed of a seeded reset (``noise_generator(seed, OBSERVATION_NOISE)``) and
+  continued by unseeded resets, one draw per observation in the order they are returned (a final observation
+  before the reset observation that follows it);
 * seeds: ``reset(seed=s)`` resets sub-environment ``i`` with seed ``s + i`` (a list gives one seed per
   sub-environment, ``None`` entries included), as gymnasium's vector environments do. A reset without a seed
   (and every autoreset) continues the sub-environment's own generator, as highway-env's ``reset()`` continues
@@ -46,7 +55,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from safetybed import seeding_keys
 from safetybed.errors import InputError
+from safetybed.sims.base import add_observation_noise, noise_generator
 from safetybed.sims.batched.placement import STRAIGHT_FAMILIES, Scene, initial_scene, scene_from_generator
 from safetybed.sims.batched.sim import BatchedHighway, StepResult
 from safetybed.sims.highway_obs import observation_bounds
@@ -165,18 +176,21 @@ class BatchedHighwayVectorEnv(VectorEnv):
     """``num_envs`` episodes of one straight-road highway scenario as a gymnasium vector env (module docstring).
 
     Args:
-        spec: a highway scenario of family ``cruise``, ``cut_in`` or ``overtaking`` (its ``perturbations`` and
-            ``testing`` sections are not simulated by the batched backend: refused unless off).
+        spec: a highway scenario of family ``cruise``, ``cut_in`` or ``overtaking``; of its ``perturbations``
+            only ``observation_noise_std`` is simulated, and its ``testing`` section must be off or NDE (others
+            are refused).
         num_envs: sub-environments (rows of the batch), at least 1.
         device: torch device of the simulation (``"cpu"``, ``"cuda"``, ...); outputs are numpy on the host.
         seed: seed of the first ``reset()`` called without one (sub-environment ``i`` gets ``seed + i``).
         dtype: simulation precision (float32 by default; observations are returned as float32 either way).
+        autoreset_mode: ``NEXT_STEP`` (gymnasium's default) or ``SAME_STEP`` (module docstring).
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
 
     def __init__(self, spec: ScenarioSpec, num_envs: int, *, device: str | torch.device = "cpu",
-                 seed: int | None = None, dtype: torch.dtype = torch.float32):
+                 seed: int | None = None, dtype: torch.dtype = torch.float32,
+                 autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP):
         if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
             raise ValueError(f"num_envs: expected an integer >= 1, got {num_envs!r}")
         if spec.simulator != "highway" or spec.task not in STRAIGHT_FAMILIES:
@@ -186,8 +200,11 @@ class BatchedHighwayVectorEnv(VectorEnv):
             raise InputError(f"{spec.name}: testing.method = {spec.testing.method!r}: the batched backend has no "
                              f"importance-sampled (NADE) traffic; use the highway-env backend (safetybed.sims)")
         if _has_perturbations(spec):
-            raise InputError(f"{spec.name}: perturbations: the batched vector env simulates the unperturbed "
-                             f"adapter; set them to their defaults or wrap the env yourself")
+            raise InputError(f"{spec.name}: perturbations: the batched vector env simulates observation noise "
+                             f"only (no action_delay_steps, no frame_stack); set those to their defaults or wrap "
+                             f"the env yourself")
+        if autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(f"autoreset_mode: expected AutoresetMode.NEXT_STEP or SAME_STEP, got {autoreset_mode!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0):
             raise ValueError(f"seed: expected an integer >= 0 or None, got {seed!r}")
         self.scenario = spec
@@ -199,6 +216,10 @@ class BatchedHighwayVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._default_seed = None if seed is None else int(seed)
+        self.metadata = {**self.metadata, "autoreset_mode": autoreset_mode}
+        self._same_step = autoreset_mode == AutoresetMode.SAME_STEP
+        self._noise_std = float(spec.perturbations.observation_noise_std)
+        self._noise: list[np.random.Generator] = [np.random.default_rng(0) for _ in range(self.num_envs)]
         self._generators: list[np.random.Generator | None] = [None] * self.num_envs
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._started = False
@@ -227,8 +248,14 @@ class BatchedHighwayVectorEnv(VectorEnv):
             rows = np.flatnonzero(mask)
             self.sim.load_rows(rows.tolist(), [self._scene(int(i), seeds[int(i)]) for i in rows])
             self._autoreset[rows] = False
+        for row in rows:
+            if seeds[int(row)] is not None:
+                self._noise[int(row)] = noise_generator(int(seeds[int(row)]), seeding_keys.OBSERVATION_NOISE)
         observation = self._observations()
-        return observation, self._reset_infos(rows)
+        if mask is not None:
+            observation[~mask] = self._last_observation[~mask]  # the other sub-envs' last observations
+        self._last_observation = self._add_noise(observation, rows)
+        return self._last_observation.copy(), self._reset_infos(rows)
 
     def _seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
         if seed is None and not self._started and self._default_seed is not None:
@@ -281,6 +308,28 @@ class BatchedHighwayVectorEnv(VectorEnv):
         safety = {"collision": result.collision, "success": result.success, "ttc_s": result.ttc_s,
                   "gap_m": result.gap_m, "progress_m": result.progress_m, "violations": result.violations}
         safety = {key: value.cpu().numpy().astype(SAFETY_DTYPES[key]) for key, value in safety.items()}
+        every = np.arange(self.num_envs)
+        if self._same_step:
+            observation = self._add_noise(self._observations(), every)
+            ended = terminated | truncated
+            infos = self._infos(safety, np.ones(self.num_envs, np.bool_))
+            rows = np.flatnonzero(ended)
+            if rows.size:
+                final_obs = np.empty(self.num_envs, dtype=object)
+                final_info = np.empty(self.num_envs, dtype=object)
+                for row in rows:
+                    final_obs[row] = observation[row].copy()
+                    final_info[row] = {"safety": {key: values[row].item() for key, values in safety.items()}}
+                self.sim.load_rows(rows.tolist(), [self._scene(int(i), None) for i in rows])
+                observation[rows] = self._add_noise(self._observations(), rows)[rows]
+                fresh = self._reset_safety()  # SyncVectorEnv merges the reset info over the step info
+                for key, values in infos["safety"].items():
+                    if not key.startswith("_"):
+                        values[rows] = fresh[key][rows]
+                infos.update({"final_obs": final_obs, "_final_obs": ended.copy(), "final_info": final_info,
+                              "_final_info": ended.copy()})
+            self._last_observation = observation
+            return observation.copy(), rewards, terminated, truncated, infos
         reset_rows = np.flatnonzero(self._autoreset)
         if reset_rows.size:
             self.sim.load_rows(reset_rows.tolist(), [self._scene(int(i), None) for i in reset_rows])
@@ -290,13 +339,22 @@ class BatchedHighwayVectorEnv(VectorEnv):
             fresh = self._reset_safety()
             for key, values in safety.items():
                 values[reset_rows] = fresh[key][reset_rows]
-        observation = self._observations()
+        observation = self._add_noise(self._observations(), every)
+        self._last_observation = observation
         self._autoreset = terminated | truncated
-        return observation, rewards, terminated, truncated, self._infos(safety, np.ones(self.num_envs, np.bool_))
+        return observation.copy(), rewards, terminated, truncated, self._infos(safety, np.ones(self.num_envs, np.bool_))
 
     # -- outputs ------------------------------------------------------------------------------------------------
     def _observations(self) -> np.ndarray:
         return self.sim.observe().to(torch.float32).cpu().numpy()
+
+    def _add_noise(self, observation: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``observation`` with rows ``rows`` noised in place, one draw each from its sub-env's generator."""
+        if self._noise_std > 0:
+            for row in rows:
+                observation[row] = add_observation_noise(observation[row], std=self._noise_std,
+                                                         rng=self._noise[int(row)], dtype=np.float32)
+        return observation
 
     def _reset_safety(self) -> dict[str, np.ndarray]:
         """The adapter's reset ``info["safety"]`` of every row as it stands now (no collision, no progress)."""
@@ -326,8 +384,9 @@ class BatchedHighwayVectorEnv(VectorEnv):
 
 
 def _has_perturbations(spec: ScenarioSpec) -> bool:
+    """Perturbations other than observation noise (which the vector env simulates)."""
     perturb = spec.perturbations
-    return bool(perturb.action_delay_steps or perturb.observation_noise_std > 0 or perturb.frame_stack > 1)
+    return bool(perturb.action_delay_steps or perturb.frame_stack > 1)
 
 
 __all__ = ["BatchedHighwayVectorEnv", "RowResetHighway", "SAFETY_DTYPES"]
