@@ -432,6 +432,56 @@ def certify_command(
                          indent=2, default=str), markup=False, highlight=False)
 
 
+@app.command("pipeline")
+def pipeline_command(
+    cert_spec: Annotated[Path, typer.Argument(help="Certification spec (certify/*.toml): its controller, scenario, "
+                                                   "sigma and budgets.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for certificate/, bundle/, evaluation-*/ and "
+                                                        "pipeline.html.")],
+    episodes: Annotated[int | None, typer.Option("--episodes", min=1, help="Clean smoothed episodes (default: "
+                                                                           "the spec's).")] = None,
+    attack_episodes: Annotated[int | None, typer.Option("--attack-episodes", min=0,
+                                                        help="Episodes per attack setting (0: no attacks).")] = None,
+    evaluate: Annotated[list[str] | None, typer.Option("--evaluate", help="Highway scenario for the crash-rate "
+                                                                          "evaluation of the bundle (repeatable; "
+                                                                          "default highway/cruise_nade).")] = None,
+    no_evaluation: Annotated[bool, typer.Option("--no-evaluation", help="Skip the crash-rate evaluation.")] = False,
+    method: Annotated[str, typer.Option("--method", help="Evaluation methods, comma-separated.")] = "nade,scv",
+    tests: Annotated[int | None, typer.Option("--tests", min=2, help="Tests per evaluation method.")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the evaluation runs.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=1)] = 1,
+    store: Annotated[Path | None, typer.Option("--store", help="SQLite run store (default: OUT/runs.sqlite).")]
+    = None,
+    backend: BackendOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Certify -> deploy the certificate -> evaluate the bundle's crash rate -> one report (pipeline.html)."""
+    from safetybed.pipeline import DEFAULT_EVALUATIONS, run_pipeline
+
+    scenarios = [] if no_evaluation else (evaluate or list(DEFAULT_EVALUATIONS))
+    summary = run_pipeline(cert_spec, out_dir, episodes=episodes, attack_episodes=attack_episodes,
+                           evaluate=scenarios, methods=[m.strip() for m in method.split(",") if m.strip()],
+                           tests=tests, seed=seed, workers=workers, store_path=store, backend=backend,
+                           progress_factory=(lambda name: progress_bar(name, enabled=not as_json)))
+    if as_json:
+        emit_json(summary, default=str)
+        return
+    table = Table(title=f"pipeline {cert_spec}")
+    for column in ("budget B", "certified", "clean estimate"):
+        table.add_column(column)
+    for row in summary["certified"] or []:
+        table.add_row(_fmt(row["budget"]), _fmt(row["certified"]), _fmt(row["estimate"]))
+    out.print(table)
+    for evaluation in summary["evaluations"]:
+        for entry in evaluation["methods"]:
+            ci = entry.get("ci") or [float("nan"), float("nan")]
+            out.print(f"{evaluation['scenario']} {entry['method']}: crash rate {_fmt(entry['estimate'])} "
+                      f"[{_fmt(ci[0])}, {_fmt(ci[1])}], {entry['n']} tests", markup=False, highlight=False)
+    verdict = "every section refers to the same weights" if summary["consistent"] else \
+        "NOT CONSISTENT: a section refers to other weights (see the banner)"
+    out.print(f"bundle: {summary['bundle']}\nreport: {summary['report']} ({verdict})", markup=False, highlight=False)
+
+
 @app.command("attack")
 def attack_command(
     cert_spec: Annotated[Path, typer.Argument(help="Certification spec (certify/*.toml).")],

@@ -27,9 +27,10 @@ LAYERS = {
     "runner": 3,
     "certify": 4, "evaluate": 4, "adapt": 4, "suite": 4,
     "report": 5,
-    "quickstart": 6,  # the main job, end to end: runs the pipelines and writes their reports
-    "cli": 7,
-    "__main__": 8,
+    "pipeline": 6,  # certify -> deploy -> evaluate -> one report, for one controller
+    "quickstart": 7,  # the main job, end to end: runs the pipelines and writes their reports
+    "cli": 8,
+    "__main__": 9,
 }
 #: Imports inside one layer that are allowed (``sims`` never imports ``control``; ``certify`` and ``evaluate``
 #: never import each other; nothing imports ``suite``; the JSON encoding knows the interval type).
