@@ -482,6 +482,36 @@ def pipeline_command(
     out.print(f"bundle: {summary['bundle']}\nreport: {summary['report']} ({verdict})", markup=False, highlight=False)
 
 
+@app.command("oracle")
+def oracle_command(
+    scenario: Annotated[str, typer.Argument(help="Straight-road highway scenario (cruise, cut_in, overtaking).")],
+    episodes: Annotated[int, typer.Option("--episodes", min=1)] = 2000,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Run seed: the same episodes as safetybed run "
+                                                            "--seed.")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Upper bound on the share of unavoidable collisions: episodes no oracle strategy survives."""
+    from safetybed.evaluate.avoidable import avoidable_share
+    from safetybed.spec.catalogue import load_scenario_arg
+
+    spec, _ = load_scenario_arg(scenario)
+    with progress_bar("oracle strategies", enabled=not as_json) as progress:
+        summary = avoidable_share(spec, episodes=episodes, seed=seed, progress=progress)
+    if as_json:
+        emit_json(summary)
+        return
+    table = Table(title=f"oracle strategies on {spec.name}, {episodes} episodes")
+    table.add_column("strategy")
+    table.add_column("collision rate")
+    for name, rate in summary["strategies"].items():
+        table.add_row(name, _fmt(rate))
+    out.print(table)
+    low, high = summary["unavoidable_ci"]
+    out.print(f"no strategy avoids the collision in {summary['unavoidable']} of {episodes} episodes: unavoidable "
+              f"share <= {_fmt(summary['unavoidable_share'])} ({summary['confidence']:.0%} CI [{_fmt(low)}, "
+              f"{_fmt(high)}])", markup=False, highlight=False)
+
+
 @app.command("attack")
 def attack_command(
     cert_spec: Annotated[Path, typer.Argument(help="Certification spec (certify/*.toml).")],
