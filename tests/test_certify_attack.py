@@ -18,6 +18,8 @@ from safetybed.certify.estimators import binary_bound, expectation_bound_integer
 from safetybed.certify.toy import LinearToy
 from safetybed.control.checkpoint import load_checkpoint
 from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch
+from safetybed.runner.seeding import episode_seed
+from safetybed.sims import make_env
 from safetybed.spec.catalogue import load_scenario_arg
 
 from .conftest import REPO_ROOT
@@ -232,6 +234,41 @@ def test_continuous_policy_spends_a_fraction_within_budget():
         # the ball; 1e-6 covers float32 rounding of the perturbed observation, up to 8 rad/s here).
         assert np.all(norms_sq <= fraction * left_before + 1e-6)
     assert min(result.budget_spent) > 0.9 * budget
+
+
+def test_action_target_pushes_the_action_along_its_direction():
+    """A targeted push (``action_target``) moves the clean-observation action the chosen way, at every step, by
+    more than the untargeted distance objective does along that direction on average."""
+    scenario, _ = load_scenario_arg(str(REPO_ROOT / "scenarios" / "classic" / "pendulum.toml"))
+    scenario = scenario.model_copy(update={"episode_steps": 12})
+    generator = torch.Generator().manual_seed(0)
+    policy = Policy(PolicyArch(kind="tanh_gaussian", obs_dim=3, act_dim=1, hidden=(16,), action_low=(-2.0,),
+                               action_high=(2.0,)))
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    common = {"policy": policy, "obs_norm": ObsNormalizer(3, enabled=False), "scenario": scenario, "sigma": None,
+              "budget": 1.0, "episodes": 2, "seed": 0, "spend_rule": "fraction", "spend_fraction": 0.3,
+              "pgd_steps": 10, "record_perturbations": True}
+    shifts = {}
+    for target in ((1.0,), (-1.0,)):
+        result = attack_episodes(action_target=target, **common)
+        _assert_within_budget(result)
+        shifts[target] = []
+        env = make_env(scenario)
+        for index, deltas in enumerate(result.perturbations):
+            obs, _ = env.reset(seed=episode_seed(0, index))
+            for delta in deltas:
+                clean = torch.as_tensor(obs, dtype=torch.float32)[None]
+                with torch.no_grad():
+                    shift = float(policy(clean + torch.as_tensor(delta, dtype=torch.float32)) - policy(clean))
+                shifts[target].append(shift)
+                obs, *_ = env.step(np.asarray(policy(torch.as_tensor(
+                    obs + delta, dtype=torch.float32)[None]).detach())[0])
+    assert np.mean(shifts[(1.0,)]) > 0 > np.mean(shifts[(-1.0,)])
+    assert min(shifts[(1.0,)]) >= -1e-6 and max(shifts[(-1.0,)]) <= 1e-6
+    with pytest.raises(ValueError, match="action_target"):
+        attack_episodes(action_target=(1.0, 0.0), **common)
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -106,6 +106,10 @@ class AttackSettings:
     remaining budget (``math.inf`` never skips)."""
     bisection_steps: int
     """Bisection steps that shrink a found flip along its ray (``"flip"`` rule)."""
+    action_target: tuple[float, ...] | None
+    """``"fraction"``, continuous actions: push the noise-averaged action along this direction (in units of the
+    action half-range; e.g. ``(1, 0)``: more throttle on highway) instead of away from the clean action in
+    any direction. ``None``: the distance objective."""
     path_length_multiplier: float
     """``"flip"`` PGD walks ``multiplier * b_t`` in total (step ``multiplier * b_t / pgd_steps``); 2 as in
     the scripts' ``attack_step_count_multiplier``."""
@@ -312,10 +316,16 @@ class _Adversary:
                 clean_mean = smoothed.actions(clean, context)
                 scale = smoothed.policy.action_scale.clamp_min(1e-12)
 
+        target = self.settings.action_target
+        direction = None if target is None else torch.as_tensor(target, dtype=clean.dtype)
+
         def objective(x: torch.Tensor) -> torch.Tensor:  # per row; the adversary maximises it
             if smoothed.discrete:
                 return -smoothed.log_probs(x, context).gather(1, clean_action[:, None]).squeeze(1)
-            return (((smoothed.actions(x, context) - clean_mean) / scale) ** 2).sum(dim=1)
+            shift = (smoothed.actions(x, context) - clean_mean) / scale
+            if direction is not None:  # a targeted push, e.g. more throttle towards the car ahead
+                return shift @ direction
+            return (shift ** 2).sum(dim=1)
 
         x = clean.clone()
         if not smoothed.discrete:  # the distance objective has zero gradient at the clean point: random start
@@ -386,6 +396,11 @@ def _check_inputs(policy: Policy, sigma: float | None, budget: float, episodes: 
             policy.arch.act_dim if policy.arch.kind == "categorical" else 0):
         raise ValueError(f"target_action: expected None or an action index in [0, {policy.arch.act_dim}) of a "
                          f"discrete policy, got {settings.target_action!r}")
+    if settings.action_target is not None and (
+            policy.arch.kind == "categorical" or len(settings.action_target) != policy.arch.act_dim
+            or not all(math.isfinite(v) for v in settings.action_target)):
+        raise ValueError(f"action_target: expected None or {policy.arch.act_dim} finite numbers for a continuous "
+                         f"policy ({policy.arch.kind!r}), got {settings.action_target!r}")
     if not settings.feasibility_screen > 0:
         raise ValueError(f"feasibility_screen: expected > 0 (math.inf to disable), got {settings.feasibility_screen}")
     if not settings.path_length_multiplier > 0:
@@ -397,7 +412,8 @@ def attack_episodes(*, policy: Policy, obs_norm: ObsNormalizer, scenario: Scenar
                     noise_samples: int = 128, spend_rule: SpendRule = "flip", spend_fraction: float = 1.0,
                     min_log_prob_gap: float = 0.0, target_action: int | None = None,
                     feasibility_screen: float = 4.0, bisection_steps: int = 10,
-                    path_length_multiplier: float = 2.0, frame_stack: int = 1,
+                    path_length_multiplier: float = 2.0, action_target: tuple[float, ...] | None = None,
+                    frame_stack: int = 1,
                     record_perturbations: bool = False) -> AttackResult:
     """Roll out ``episodes`` episodes of the (smoothed) policy under the total-budget adaptive ℓ2 attack.
 
@@ -412,7 +428,8 @@ def attack_episodes(*, policy: Policy, obs_norm: ObsNormalizer, scenario: Scenar
         episodes: number of episodes; episode ``i`` is seeded like the runner's episode ``i`` of ``seed``.
         seed: run seed; all draws (start states, smoothing noise, the adversary's noise samples) follow it.
         pgd_steps, noise_samples, spend_rule, spend_fraction, min_log_prob_gap, target_action,
-        feasibility_screen, bisection_steps, path_length_multiplier: see :class:`AttackSettings`.
+        feasibility_screen, bisection_steps, path_length_multiplier, action_target: see
+            :class:`AttackSettings`.
         frame_stack: the policy reads its last ``frame_stack`` raw frames, oldest first (``obs_dim =
             frame_stack * d``); the first frame fills every slot. Each raw frame is perturbed and noised once,
             before stacking, so the budget counts it once (§1(b)); ``scenario`` must give the raw frames.
@@ -426,7 +443,8 @@ def attack_episodes(*, policy: Policy, obs_norm: ObsNormalizer, scenario: Scenar
                               spend_rule=spend_rule, spend_fraction=float(spend_fraction),
                               min_log_prob_gap=float(min_log_prob_gap), target_action=target_action,
                               feasibility_screen=float(feasibility_screen), bisection_steps=int(bisection_steps),
-                              path_length_multiplier=float(path_length_multiplier))
+                              path_length_multiplier=float(path_length_multiplier),
+                              action_target=None if action_target is None else tuple(float(v) for v in action_target))
     _check_inputs(policy, sigma, budget, episodes, seed, settings)
     make = _env_factory(scenario)
     envs = [make() for _ in range(episodes)]

@@ -296,6 +296,12 @@ def attack_configurations(attack: AttackSpec, *, discrete: bool) -> tuple[list[d
         else:
             configurations += [{"spend_rule": "fraction", "spend_fraction": float(fraction)}
                                for fraction in attack.spend_fractions]
+            if attack.action_targets and discrete:
+                skipped.append("action_targets skipped: they push continuous actions")
+            elif attack.action_targets:
+                configurations += [{"spend_rule": "fraction", "spend_fraction": float(fraction),
+                                    "action_target": [float(v) for v in target]}
+                                   for target in attack.action_targets for fraction in attack.spend_fractions]
     return configurations, skipped
 
 

@@ -49,6 +49,10 @@ class AttackSpec(StrictModel):
     spend_rules: list[SpendRule] = Field(["flip", "fraction"], min_length=1, max_length=2)
     min_log_prob_gaps: list[float] = Field([0.0], min_length=1, max_length=10)
     spend_fractions: list[float] = Field([0.2], min_length=1, max_length=10)
+    #: Continuous actions, ``"fraction"`` rule: also push the action along each of these directions (action
+    #: half-range units; highway ``[1, 0]`` = more throttle, ``[0, 1]`` / ``[0, -1]`` = lane-change requests),
+    #: each with every spend fraction, besides the untargeted distance objective.
+    action_targets: list[list[float]] = Field(default_factory=list, max_length=10)
     pgd_steps: int = Field(20, ge=1, le=10_000)
     noise_samples: int = Field(64, ge=1, le=100_000)
     seed: int = Field(1, ge=0, lt=2**63)
