@@ -144,7 +144,7 @@ def resolve_certification(path: str | Path, *, backend: str | None = None) -> Ce
         scenario, scenario_path = load_scenario_arg(loaded.scenario_ref())
     except SpecError as error:
         raise SpecError(loaded.path, "scenario", str(error)) from None
-    scenario = with_backend(scenario, backend)
+    scenario = with_backend(scenario, backend if backend is not None else loaded.spec.backend)
     if scenario.perturbations.observation_noise_std:
         raise SpecError(loaded.path, "scenario", f"{scenario.name!r} adds observation noise "
                         f"(observation_noise_std = {scenario.perturbations.observation_noise_std:g}); the "

@@ -30,7 +30,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from safetybed.errors import SpecError
 from safetybed.spec.base import StrictModel, read_toml_file
-from safetybed.spec.scenario import format_validation_error
+from safetybed.spec.scenario import Backend, format_validation_error
 
 Quantity = Literal["expected_return", "no_collision", "success", "percentile"]
 Estimator = Literal["auto", "dkw", "integer"]
@@ -81,6 +81,9 @@ class CertifySpec(StrictModel):
     estimator: Estimator = "auto"
     p: float | None = Field(None, gt=0, lt=1)
     seed: int = Field(0, ge=0, lt=2**63)
+    #: Simulator backend of the clean episodes (``batched``: the torch-batched highway simulator); ``None``: the
+    #: scenario's own ``backend``. ``--backend`` overrides it. The attacks always run on the highway-env backend.
+    backend: Backend | None = None
     attack: AttackSpec = AttackSpec()
 
     @model_validator(mode="after")
