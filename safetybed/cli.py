@@ -815,7 +815,8 @@ def quickstart(
     workers: Annotated[int, typer.Option("--workers", min=1)] = 2,
     as_json: JsonFlag = False,
 ) -> None:
-    """The main jobs end to end on the embedded defaults: driving and robot batch runs, a certificate report."""
+    """The main jobs end to end on the embedded defaults: driving and robot batch runs, a certificate report, a
+    crash-rate evaluation and a small certify -> deploy -> evaluate pipeline of the driving controller."""
     from safetybed.quickstart import run_quickstart
 
     def report(summary, store: Path) -> None:
@@ -838,6 +839,15 @@ def quickstart(
                               for row in evaluation["methods"] if row["rhw"] is not None)
         out.print(f"crash-rate evaluation on {evaluation['scenario']} (exact "
                   f"{evaluation['exact_crash_probability']:.3g}): {estimates}; report {evaluation['files']['html']}",
+                  markup=False, highlight=False)
+        pipeline = result["pipeline"]
+        certified = ", ".join(f"{row['certified']:.4g} at B = {row['budget']:g}" for row in pipeline["certified"])
+        crash = "; ".join(f"{entry['method']} {_fmt(entry['estimate'])} ({entry['n']} tests)"
+                          for evaluation in pipeline["evaluations"] for entry in evaluation["methods"])
+        out.print(f"driving pipeline ({pipeline['episodes']} episodes, attacks: {pipeline['attacks']}): certified "
+                  f"P(no collision) {certified}; crash rate of the deployed bundle on cruise_nade: {crash}; "
+                  f"bundle {pipeline['bundle']}; report {pipeline['report']}"
+                  + ("" if pipeline["consistent"] else " (NOT CONSISTENT: see the report's banner)"),
                   markup=False, highlight=False)
         out.print(f"\n[bold green]quickstart done[/bold green] in {result['wall_time_s']:.0f} s. Results: store "
                   f"{result['store']}, summary {result['summary_file']}")

@@ -56,7 +56,8 @@ def run_pipeline(certify_spec: str | Path, out_dir: str | Path, *, episodes: int
         seed: seed of the evaluation runs (the certificate's seeds are in its spec).
         workers: parallel workers of every step.
         store_path: the SQLite run store (default ``DIR/runs.sqlite``).
-        backend: simulator backend of the certification (``batched`` / ``highway-env``; default the spec's).
+        backend: simulator backend of the certification and the evaluations (``batched`` / ``highway-env``;
+            default: the certification spec's, which the evaluations then use too).
         progress_factory: ``factory(description)`` -> a context manager yielding a ``(done, total)`` callback.
     """
     from safetybed.control.bundle import deploy_certified
@@ -84,6 +85,12 @@ def run_pipeline(certify_spec: str | Path, out_dir: str | Path, *, episodes: int
     bundle_dir = deploy_certified(out / "certificate", out / "bundle", overwrite=True)
     timings["deploy_s"] = time.perf_counter() - started
 
+    from safetybed.certify.pipeline import resolve_certification
+
+    resolved = resolve_certification(certify_spec, backend=backend)
+    # The evaluation runs on the backend the certification ran on (the batched one for highway specs that ask for
+    # it), unless that scenario family has no batched simulator.
+    evaluation_backend = backend if backend is not None else resolved.scenario.backend
     evaluation_dirs: list[Path] = []
     evaluations: list[dict[str, Any]] = []
     for scenario in evaluate:
@@ -92,7 +99,7 @@ def run_pipeline(certify_spec: str | Path, out_dir: str | Path, *, episodes: int
         with progress_factory(f"evaluate {scenario}") as progress:
             document = evaluate_highway(scenario, controller=str(bundle_dir), methods=method_list, tests=tests,
                                         seed=seed, workers=workers, store_path=store, out_dir=folder,
-                                        progress=progress)
+                                        backend=evaluation_backend, progress=progress)
         write_evaluation(document, folder)
         evaluation_dirs.append(folder)
         evaluations.append({"scenario": scenario, "folder": str(folder),
@@ -101,9 +108,7 @@ def run_pipeline(certify_spec: str | Path, out_dir: str | Path, *, episodes: int
                                         for entry in document["methods"]]})
         timings[f"evaluate {scenario} s"] = time.perf_counter() - started
 
-    from safetybed.certify.pipeline import resolve_certification
-
-    index = write_pipeline_report(out, controller_spec=resolve_certification(certify_spec).controller_path,
+    index = write_pipeline_report(out, controller_spec=resolved.controller_path,
                                   certificate_dir=out / "certificate", evaluation_dirs=evaluation_dirs,
                                   bundle_dir=bundle_dir)
     return {"certificate": str(out / "certificate" / "certificate.json"), "bundle": str(bundle_dir),

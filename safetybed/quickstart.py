@@ -5,9 +5,12 @@ cut-in family (on the batched backend, :mod:`safetybed.sims.batched`) against th
 reach controller. Then a certification report: the noise-trained CartPole controller smoothed with
 sigma = 0.2 (``certify/cartpole_sigma0.2.toml``) on ``10 x episodes`` clean episodes (at least 200; the spec's
 10,000 and its attacks are for ``safetybed certify``). Last, a crash-rate evaluation on the known-answer cut-in
-testbed (crude MC, NADE, SCV and AdaTE against the exact crash probability; ``safetybed evaluate``). Results go
-to ``OUT/runs.sqlite``, ``OUT/certificate/{certificate.json,report.html}``,
-``OUT/evaluation/{evaluation.json,report.html}`` and ``OUT/summary.json``.
+testbed (crude MC, NADE, SCV and AdaTE against the exact crash probability; ``safetybed evaluate``). Last, a small
+version of the driving pipeline (``safetybed pipeline``): the noise-trained highway driver certified on 400 cut-in
+episodes (no attacks), its certificate deployed as a bundle, the bundle's crash rate on ``cruise_nade`` by NADE and
+SCV (40 tests each), and one report. Results go to ``OUT/runs.sqlite``,
+``OUT/certificate/{certificate.json,report.html}``, ``OUT/evaluation/{evaluation.json,report.html}``,
+``OUT/pipeline/pipeline.html`` and ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -29,15 +32,20 @@ from safetybed.spec.scenario import with_backend
 QUICKSTART_JOBS = (("highway/cut_in", "builtin:idm", "batched"), ("bullet/reach", "builtin:reach", None))
 QUICKSTART_CERTIFICATION = "cartpole_sigma0.2.toml"
 QUICKSTART_EVALUATION = ("testbed:cut_in", "builtin:idm", ["crude", "nade", "scv", "adate"])
+#: The driving pipeline (:mod:`safetybed.pipeline`), small: certify the noise-trained driver on cut-in, deploy
+#: the certificate, evaluate the bundle's crash rate on cruise_nade with NADE + SCV, one report.
+QUICKSTART_PIPELINE = "highway_robust_cut_in.toml"
+QUICKSTART_PIPELINE_EPISODES = 400
+QUICKSTART_PIPELINE_TESTS = 40
 
 
-def _certification_spec() -> Path:
+def _certification_spec(name: str = QUICKSTART_CERTIFICATION) -> Path:
     from safetybed.spec.catalogue import catalogue_dirs
 
     for folder in catalogue_dirs("certify"):
-        if (folder / QUICKSTART_CERTIFICATION).is_file():
-            return folder / QUICKSTART_CERTIFICATION
-    raise InputError(f"certify/{QUICKSTART_CERTIFICATION}: not found in ./certify or the installed checkout")
+        if (folder / name).is_file():
+            return folder / name
+    raise InputError(f"certify/{name}: not found in ./certify or the installed checkout")
 
 
 def run_quickstart(*, out_dir: Path, episodes: int, workers: int, on_summary: Callable[[Any, Path], None],
@@ -66,6 +74,14 @@ def run_quickstart(*, out_dir: Path, episodes: int, workers: int, on_summary: Ca
         evaluation = evaluate_testbed(scenario, controller=controller, methods=methods, seed=0,
                                       bootstrap_resamples=50, progress=progress)
     evaluation["files"] = write_evaluation(evaluation, out_dir / "evaluation")
+    from safetybed.pipeline import run_pipeline
+
+    # Attacks are left out here (they run on the highway-env backend, ~0.4 s per episode and setting):
+    # safetybed pipeline certify/highway_robust_cut_in.toml runs them.
+    pipeline = run_pipeline(_certification_spec(QUICKSTART_PIPELINE), out_dir / "pipeline",
+                            episodes=QUICKSTART_PIPELINE_EPISODES, attack_episodes=0,
+                            tests=QUICKSTART_PIPELINE_TESTS, workers=workers, store_path=store_path,
+                            progress_factory=progress_factory)
     result = {"store": str(store_path), "summary_file": str(out_dir / "summary.json"), "runs": results,
               "evaluation": {"scenario": scenario, "exact_crash_probability": evaluation["exact_crash_probability"],
                              "files": evaluation["files"],
@@ -75,6 +91,9 @@ def run_quickstart(*, out_dir: Path, episodes: int, workers: int, on_summary: Ca
               "certificate": {key: certificate[key] for key in ("certificate_id", "name", "sigma", "alpha", "method",
                                                                  "certified", "files")}
               | {"clean_estimate": certificate["clean"]["estimate"], "episodes": certificate["samples"]["episodes"]},
+              "pipeline": {key: pipeline[key] for key in ("report", "bundle", "certificate", "consistent",
+                                                           "certified", "evaluations", "timings_s")}
+              | {"episodes": QUICKSTART_PIPELINE_EPISODES, "attacks": "none (safetybed pipeline runs them)"},
               "wall_time_s": time.perf_counter() - started}
     (out_dir / "summary.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result

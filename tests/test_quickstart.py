@@ -26,3 +26,13 @@ def test_quickstart_runs_both_simulators_and_certifies(cli, tmp_path):
     assert "so this estimate is biased" in evaluation["methods"][3]["caveat"]  # its check measured the bias
     assert evaluation["methods"][2]["caveat"] is None  # martingale: nothing to flag
     assert (tmp_path / "evaluation" / "report.html").exists()
+    # The small driving pipeline: certified on cut-in, the certificate deployed, the bundle evaluated, one page.
+    pipeline = result["pipeline"]
+    assert pipeline["consistent"] is True
+    assert [row["budget"] for row in pipeline["certified"]] == [0.25, 0.5, 1.0]
+    assert [entry["method"] for entry in pipeline["evaluations"][0]["methods"]][:2] == ["nade", "scv-martingale"]
+    bundle = json.loads((tmp_path / "pipeline" / "bundle" / "bundle.json").read_text(encoding="utf-8"))
+    certificate_file = json.loads((tmp_path / "pipeline" / "certificate" / "certificate.json").read_text("utf-8"))
+    assert bundle["certificate_id"] == certificate_file["certificate_id"] and bundle["smoothing_sigma"] == 0.5
+    index = json.loads((tmp_path / "pipeline" / "pipeline.json").read_text(encoding="utf-8"))
+    assert index["consistent"] and (tmp_path / "pipeline" / "pipeline.html").exists()
