@@ -22,26 +22,13 @@ from safetybed.report.pipeline import write_pipeline_report
 from safetybed.threads import torch_threads
 
 from .conftest import REPO_ROOT
+from .test_certify_report import SPEC as REPORT_SPEC
 
 CONTROLLER = REPO_ROOT / "controllers" / "cartpole_ppo.toml"
 WEIGHTS_SHA256 = json.loads((REPO_ROOT / "controllers" / "weights" / "cartpole_ppo" / "manifest.json")
                             .read_text(encoding="utf-8"))["weights_sha256"]
-SPEC = f"""
-name = "pipeline_report_test"
-controller = "{CONTROLLER}"
-scenario = "classic/cartpole"
-sigma = 0.2
-budgets = [0.2, 0.4, 1.0]
-episodes = 40
-seed = 0
-
-[attack]
-episodes = 2
-spend_rules = ["fraction"]
-spend_fractions = [1.0]
-pgd_steps = 2
-noise_samples = 2
-"""
+# The tiny CartPole certification of the certificate-report test, under its own name.
+SPEC = REPORT_SPEC.replace('name = "report_test"', 'name = "pipeline_report_test"')
 HEADINGS = ["Training", "Certificate", "Crash-rate evaluation", "Deployment bundle"]
 
 

@@ -40,7 +40,7 @@ from safetybed.control.base import Controller
 from safetybed.jsonsafe import json_safe
 from safetybed.runner.seeding import episode_seed
 from safetybed.sims.base import add_observation_noise, noise_generator
-from safetybed.sims.framestack import push_frame, raw_space
+from safetybed.sims.framestack import raw_space, stack_rows
 from safetybed.sims.rollout import EpisodeRecord
 from safetybed.spec import ScenarioSpec
 
@@ -90,12 +90,7 @@ class SmoothedController(Controller):
         # Kumar, Levine & Feizi 2022, §1(b) of research/policy_smoothing.md: a fresh draw per step on the raw
         # observation, no clipping; float handling as ObservationNoise (float64 sum, then float32).
         noisy = add_observation_noise(obs, std=self.sigma, rng=self.noise_rng, dtype=np.float32)
-        if self.frame_stack > 1:
-            if self._history is not None and self._history.shape[0] != noisy.shape[0]:
-                raise ValueError(f"obs_batch: {noisy.shape[0]} rows, but this episode started with "
-                                 f"{self._history.shape[0]}; call reset() before changing the batch")
-            self._history = push_frame(self._history, noisy, frames=self.frame_stack)
-            noisy = self._history.reshape(noisy.shape[0], -1)
+        self._history, noisy = stack_rows(self._history, noisy, frames=self.frame_stack)
         options = {} if deterministic is None else {"deterministic": deterministic}
         return self.base.act(noisy, **options)
 

@@ -62,7 +62,7 @@ from safetybed.control.networks import ObsNormalizer, Policy, PolicyArch
 from safetybed.control.spaces import sha256_file, space_from_json
 from safetybed.errors import InputError
 from safetybed.sims.base import add_observation_noise, noise_generator
-from safetybed.sims.framestack import push_frame
+from safetybed.sims.framestack import stack_rows
 
 FORMAT = "safetybed-bundle/2"
 #: The TorchScript format before ``FORMAT``: still loaded, with a :class:`SerializedCodeWarning`.
@@ -390,12 +390,7 @@ class BundleController(Controller):
             # Kumar, Levine & Feizi 2022: one fresh draw per step on the raw frame, before stacking, not clipped;
             # float handling as SmoothedController and ObservationNoise (float64 sum, then float32).
             obs = add_observation_noise(obs, std=self.smoothing_sigma, rng=self.smoothing_rng, dtype=np.float32)
-        if self.frame_stack > 1:
-            if self._history is not None and self._history.shape[0] != obs.shape[0]:
-                raise ValueError(f"obs_batch: {obs.shape[0]} rows, but this episode started with "
-                                 f"{self._history.shape[0]}; call reset() before changing the batch")
-            self._history = push_frame(self._history, obs, frames=self.frame_stack)
-            obs = self._history.reshape(obs.shape[0], -1)
+        self._history, obs = stack_rows(self._history, obs, frames=self.frame_stack)
         action = self.module(torch.as_tensor(obs, device=self.device)).cpu().numpy()
         if isinstance(self.action_space, gym.spaces.Discrete):
             return action.astype(np.int64) + int(self.action_space.start)

@@ -40,6 +40,22 @@ def push_frame(history: Any, frame: Any, *, frames: int) -> Any:
     return np.concatenate([history[..., 1:, :], frame[..., None, :]], axis=-2)
 
 
+def stack_rows(history: np.ndarray | None, rows: np.ndarray, *, frames: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """A controller's per-step stacking of a batch of raw frames ``rows`` ``(B, d)``: returns the new history
+    ``(B, frames, d)`` and the flat stacked rows ``(B, frames * d)`` (``frames == 1``: ``rows`` unchanged).
+
+    The smoothed controller and a certified bundle both add their noise to ``rows`` first, so the noise is per raw
+    frame, before stacking (Kumar, Levine & Feizi 2022; ``research/policy_smoothing.md`` §1(b)).
+    """
+    if frames <= 1:
+        return history, rows
+    if history is not None and history.shape[0] != rows.shape[0]:
+        raise ValueError(f"obs_batch: {rows.shape[0]} rows, but this episode started with {history.shape[0]}; "
+                         f"call reset() before changing the batch")
+    history = push_frame(history, rows, frames=frames)
+    return history, history.reshape(rows.shape[0], -1)
+
+
 def _is_torch(value: Any) -> bool:
     return type(value).__module__.startswith("torch")
 
