@@ -67,8 +67,8 @@ class PolicyArch:
 class Policy(nn.Module):
     """A stochastic policy with a deterministic mode; ``forward`` returns the deterministic action.
 
-    ``forward`` is what TorchScript bundles export: the deterministic action for a batch of
-    (already normalised) observations.
+    ``forward`` is what deployment bundles run (rebuilt from their JSON description and safetensors weights):
+    the deterministic action for a batch of (already normalised) observations.
     """
 
     def __init__(self, arch: PolicyArch):
