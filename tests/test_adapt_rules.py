@@ -140,3 +140,36 @@ def test_tent_adapts_only_normalisation_affine_parameters_and_lowers_full_entrop
     assert all(p.requires_grad for p in model.parameters())  # restored after each step
     adapter.reset()
     assert all(torch.equal(value, stored[name]) for name, value in model.state_dict().items())
+
+
+def test_vocabulary_covers_the_five_direction_clusters():
+    from safetybed.adapt.vocabulary import Vocabulary
+
+    vocabulary = Vocabulary()
+    assert len(vocabulary) == 80 >= 64
+    clusters = direction_clusters(torch.as_tensor(vocabulary.lateral_endpoints_m()))
+    assert torch.bincount(clusters, minlength=5).tolist() == [16, 16, 16, 16, 16]
+    actions = vocabulary.first_actions()
+    assert actions.shape == (80, 2) and set(actions[:, 1].tolist()) == {-1.0, 0.0, 1.0}
+    assert sorted(set(actions[:, 0].tolist())) == pytest.approx([-1.0, -0.4, 0.0, 0.4])
+    with pytest.raises(ValueError, match="accelerations_mps2"):
+        Vocabulary(accelerations_mps2=(-8.0, 0.0))
+
+
+def test_scorer_phi_is_the_hydra_combination_and_centaur_adapts_its_head_only():
+    from safetybed.adapt.scorer import TrajectoryScorer
+
+    torch.manual_seed(0)  # the toy network's initial weights only
+    model = TrajectoryScorer(6, K, hidden=16)
+    obs = torch.stack(_frames(3))
+    terms = model.sub_scores(obs)
+    w_im, w_nc, w_dac, w = model.weights
+    manual = (w_im * terms["log_imitation"] + w_nc * torch.log(terms["nc"]) + w_dac * torch.log(terms["dac"])
+              + w * torch.log(5 * terms["ttc"] + 2 * terms["c"] + 5 * terms["ep"]))
+    torch.testing.assert_close(terms["phi"], manual)
+    assert model(obs).shape == (3, K)
+    adapter = CentaurAdapter(model, head="scorer", entropy_fn=ENTROPY, lr=1e-2)
+    adapter.record(obs[0])
+    adapter.scores(obs[1])
+    assert set(adapter.names) == {"scorer.weight", "scorer.bias"}
+    assert not torch.equal(adapter.current["scorer.weight"], model.scorer.weight)
