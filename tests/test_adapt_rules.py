@@ -152,8 +152,14 @@ def test_vocabulary_covers_the_five_direction_clusters():
     actions = vocabulary.first_actions()
     assert actions.shape == (80, 2) and set(actions[:, 1].tolist()) == {-1.0, 0.0, 1.0}
     assert sorted(set(actions[:, 0].tolist())) == pytest.approx([-1.0, -0.4, 0.0, 0.4])
+    plans = vocabulary.action_plans(step_s=1.0)  # 4 steps: a1 for steps 0-1, a2 for 2-3
+    late_left = vocabulary.names.index("late-left +0/+2 m/s^2")
+    assert plans[late_left, :, 1].tolist() == [0.0, 0.0, 0.0, -1.0]  # requested 3 s in
+    assert plans[late_left, :, 0].tolist() == pytest.approx([0.0, 0.0, 0.4, 0.4])
     with pytest.raises(ValueError, match="accelerations_mps2"):
         Vocabulary(accelerations_mps2=(-8.0, 0.0))
+    with pytest.raises(ValueError, match="step_s"):
+        vocabulary.action_plans(step_s=0.3)
 
 
 def test_scorer_phi_is_the_hydra_combination_and_centaur_adapts_its_head_only():

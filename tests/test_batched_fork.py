@@ -36,3 +36,31 @@ def test_forked_copies_follow_the_original_and_diverge_under_other_actions():
     assert sim.naturalistic is not None and fork.naturalistic.sim is fork  # cut_in's drivers are naturalistic
     with pytest.raises(ValueError, match="repeats"):
         fork_rows(sim, 0)
+
+
+def test_candidate_outcomes_equal_direct_rollouts_of_each_plan():
+    from safetybed.adapt.supervision import candidate_outcomes
+    from safetybed.adapt.vocabulary import Vocabulary
+
+    spec, _ = load_scenario_arg("highway/cut_in")
+    sim = BatchedHighway(spec, dtype=torch.float64)
+    sim.reset([5, 6, 7])
+    sim.step(torch.zeros(3, 2, dtype=torch.float64))  # the cut-in starts at 1 s: now
+    before = sim.observe().clone()
+    vocabulary = Vocabulary()
+    labels = candidate_outcomes(sim, vocabulary)
+    assert torch.equal(sim.observe(), before)  # the batch itself did not move
+    assert labels["pdm"].shape == (3, len(vocabulary)) and labels["expert"].shape == (3,)
+    plans = torch.as_tensor(vocabulary.action_plans(step_s=1.0), dtype=torch.float64)
+    for j in (0, 17, 45, 79):
+        alone = fork_rows(sim, 1)
+        start = alone.odometer_m.clone()
+        crashed = torch.zeros(3, dtype=torch.bool)
+        for step in range(plans.shape[1]):
+            crashed |= alone.step(plans[j, step].repeat(3, 1)).collision.bool()
+        assert torch.equal(labels["nc"][:, j].bool(), ~crashed), j
+        progress = torch.where(crashed, 0.0, alone.odometer_m - start)
+        torch.testing.assert_close(labels["progress_m"][:, j], progress, rtol=0, atol=0)
+    expert = labels["expert"]
+    assert bool((labels["nc"][torch.arange(3), expert] == 1).all())  # some candidate survives every cut-in here
+    assert bool((labels["pdm"][torch.arange(3), expert] == labels["pdm"].amax(dim=1)).all())

@@ -86,6 +86,22 @@ class Vocabulary:
         """``[K]``: the lane each trajectory ends in, relative to the current one (-1 left, +1 right)."""
         return np.array([shift for _, shift, _, _, _ in self.entries])
 
+    def action_plans(self, *, step_s: float) -> np.ndarray:
+        """``[K, S, 2]`` float32: every trajectory as env actions over ``S = round(horizon_s / step_s)`` control
+        steps of ``step_s`` [s]: the first acceleration for the first half of the steps, the second for the rest,
+        and one lane request at the step its change starts (none for ``keep``)."""
+        steps = round(self.horizon_s / step_s)
+        if steps < 1 or abs(steps * step_s - self.horizon_s) > 1e-9:
+            raise ValueError(f"step_s: expected a divisor of horizon_s = {self.horizon_s} s, got {step_s}")
+        plans = np.zeros((len(self), steps, 2), dtype=np.float32)
+        half = (steps + 1) // 2
+        for j, (_, shift, start, a1, a2) in enumerate(self.entries):
+            plans[j, :half, 0] = a1 / self.accel_scale_mps2
+            plans[j, half:, 0] = a2 / self.accel_scale_mps2
+            if start is not None:
+                plans[j, min(round(start * steps), steps - 1), 1] = float(shift)
+        return plans
+
     def first_actions(self) -> np.ndarray:
         """``[K, 2]`` float32: the env action of each trajectory's first step (module docstring)."""
         actions = np.zeros((len(self), 2), dtype=np.float32)
