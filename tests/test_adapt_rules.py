@@ -179,3 +179,32 @@ def test_scorer_phi_is_the_hydra_combination_and_centaur_adapts_its_head_only():
     adapter.scores(obs[1])
     assert set(adapter.names) == {"scorer.weight", "scorer.bias"}
     assert not torch.equal(adapter.current["scorer.weight"], model.scorer.weight)
+
+
+def test_planner_collects_trains_and_acts_reproducibly():
+    import numpy as np
+
+    from safetybed.adapt.planner import PlannerController, collect, train_scorer
+    from safetybed.adapt.vocabulary import Vocabulary
+    from safetybed.sims.highway import make_highway_env
+    from safetybed.sims.highway_obs import observation_bounds
+    from safetybed.spec.catalogue import load_scenario_arg
+
+    spec, _ = load_scenario_arg("highway/cut_in")
+    spec = spec.model_copy(update={"episode_steps": 3})
+    vocabulary = Vocabulary()
+    data = collect(spec, vocabulary, seeds=[1, 2, 3], generator=np.random.default_rng(0))
+    assert len(data) == 9 and data.labels["pdm"].shape == (9, len(vocabulary))
+    low, high = observation_bounds(spec.highway)
+    scale = torch.as_tensor(np.maximum(np.abs(low), np.abs(high)), dtype=torch.float32)
+    model, history = train_scorer(data, vocabulary, scale=scale, epochs=3, hidden=16)
+    again, _ = train_scorer(data, vocabulary, scale=scale, epochs=3, hidden=16)
+    assert set(history[-1]) == {"imitation", "nc", "dac", "ttc", "c", "ep", "loss"}
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),
+                                                 strict=True))
+    env = make_highway_env(spec)
+    controller = PlannerController(env.observation_space, env.action_space, model=model, vocabulary=vocabulary)
+    actions = controller.act(data.obs[:4].numpy())
+    assert actions.shape == (4, 2) and np.all(np.abs(actions) <= 1)
+    assert {tuple(row) for row in actions} <= {tuple(row) for row in vocabulary.first_actions()}
