@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["ConfidenceInterval"]
+__all__ = ["ConfidenceInterval", "clopper_pearson"]
 
 
 @dataclass(frozen=True)
@@ -46,3 +46,15 @@ class ConfidenceInterval:
 
     def __getitem__(self, index: int) -> float:
         return (self.low, self.high)[index]
+
+
+def clopper_pearson(successes: int, n: int, confidence: float) -> ConfidenceInterval:
+    """The exact two-sided binomial interval of Clopper & Pearson (1934) for ``successes`` out of ``n``: beta
+    quantiles at ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``, with the ends 0 and 1 when there are no
+    successes or no failures."""
+    from scipy import stats
+
+    alpha = 1.0 - confidence
+    low = float(stats.beta.ppf(alpha / 2, successes, n - successes + 1)) if successes > 0 else 0.0
+    high = float(stats.beta.ppf(1 - alpha / 2, successes + 1, n - successes)) if successes < n else 1.0
+    return ConfidenceInterval(low, high, confidence, "clopper-pearson")

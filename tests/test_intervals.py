@@ -26,3 +26,15 @@ def test_non_finite_ends():
     ci = ConfidenceInterval(math.nan, math.inf, level=0.95, method="student-t")
     assert not ci.contains(0.0)
     assert json_safe(ci) == [None, None]
+
+
+def test_clopper_pearson_matches_scipys_exact_binomial_interval():
+    from scipy import stats
+
+    from safetybed.intervals import clopper_pearson
+
+    for k, n in ((0, 10), (3, 40), (40, 40), (1, 2000)):
+        ours = clopper_pearson(k, n, 0.95)
+        reference = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        assert ours.method == "clopper-pearson" and ours.level == 0.95
+        assert abs(ours.low - reference.low) < 1e-12 and abs(ours.high - reference.high) < 1e-12, (k, n)

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from safetybed.control.base import Controller
 from safetybed.errors import InputError
+from safetybed.intervals import clopper_pearson
 from safetybed.runner.seeding import episode_seed
 from safetybed.spec import ScenarioSpec
 
@@ -94,14 +94,11 @@ def avoidable_share(scenario: ScenarioSpec, *, episodes: int, seed: int = 0, con
         if progress:
             progress(row + 1, len(table))
     unavoidable = int(collided.all(axis=0).sum())
-    alpha = 1 - confidence
-    low = 0.0 if unavoidable == 0 else float(stats.beta.ppf(alpha / 2, unavoidable, episodes - unavoidable + 1))
-    high = 1.0 if unavoidable == episodes else float(stats.beta.ppf(1 - alpha / 2, unavoidable + 1,
-                                                                     episodes - unavoidable))
+    interval = clopper_pearson(unavoidable, episodes, confidence)
     rates = {name: float(collided[row].mean()) for row, name in enumerate(table)}
     best = min(rates, key=rates.get)
     return {"scenario": scenario.name, "episodes": episodes, "seed": seed, "strategies": rates,
             "best_single_strategy": {"name": best, "collision_rate": rates[best]},
             "unavoidable": unavoidable, "unavoidable_share": unavoidable / episodes,
-            "unavoidable_ci": [low, high], "confidence": confidence,
+            "unavoidable_ci": list(interval), "confidence": confidence,
             "best_possible_no_collision": 1 - unavoidable / episodes}

@@ -53,7 +53,7 @@ from scipy import stats
 from safetybed.errors import InputError
 from safetybed.evaluate.records import TestRecord
 from safetybed.evaluate.scv_learned import CovariateError, fit_crash_model, learned_feature, parse_covariates
-from safetybed.intervals import ConfidenceInterval
+from safetybed.intervals import ConfidenceInterval, clopper_pearson
 from safetybed.jsonsafe import finite_or_none, json_safe
 
 __all__ = [
@@ -381,10 +381,7 @@ def crude_estimate(crashed: Any, *, confidence: float = 0.9) -> EstimateResult:
     n_crashes = int(flags.sum())
     values = flags.astype(float)
     alpha = 1.0 - confidence
-    # Clopper & Pearson [4]: exact two-sided interval from beta quantiles.
-    cp_lower = float(stats.beta.ppf(alpha / 2, n_crashes, n - n_crashes + 1)) if n_crashes > 0 else 0.0
-    cp_upper = float(stats.beta.ppf(1 - alpha / 2, n_crashes + 1, n - n_crashes)) if n_crashes < n else 1.0
-    details = {"clopper_pearson": ConfidenceInterval(cp_lower, cp_upper, confidence, "clopper-pearson")}
+    details = {"clopper_pearson": clopper_pearson(n_crashes, n, confidence)}  # Clopper & Pearson [4]
     if n_crashes == 0:
         # One-sided exact bound: (1 - u)^n = 1 - confidence.
         upper = -math.expm1(math.log(alpha) / n)

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 
 from safetybed.errors import IncompleteRunError, InputError
-from safetybed.intervals import ConfidenceInterval
+from safetybed.intervals import ConfidenceInterval, clopper_pearson
 from safetybed.jsonsafe import json_safe
 from safetybed.runner.episode import EpisodeTask
 from safetybed.runner.executors import EpisodeFailure, check_executor, execute
@@ -74,15 +74,13 @@ def summarize(run_id: str, records: list[EpisodeRecord], *, scenario: str, contr
         half = 0.0 if n > 1 else math.inf
     collisions = sum(r.collision for r in records)
     successes = sum(r.success for r in records)
-    collision_ci = stats.binomtest(collisions, n).proportion_ci(confidence_level=confidence, method="exact")
-    success_ci = stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="exact")
     return RunSummary(
         run_id=run_id, scenario=scenario, controller=controller, episodes=n, planned_episodes=planned,
         mean_return=mean, return_ci=ConfidenceInterval(mean - half, mean + half, confidence, "student-t"),
         collision_rate=collisions / n,
-        collision_ci=ConfidenceInterval(collision_ci.low, collision_ci.high, confidence, "clopper-pearson"),
+        collision_ci=clopper_pearson(collisions, n, confidence),
         success_rate=successes / n,
-        success_ci=ConfidenceInterval(success_ci.low, success_ci.high, confidence, "clopper-pearson"),
+        success_ci=clopper_pearson(successes, n, confidence),
         min_ttc_s=min(r.min_ttc_s for r in records), min_gap_m=min(r.min_gap_m for r in records),
         mean_progress_m=float(np.mean([r.progress_m for r in records])),
         total_violations=int(sum(r.violations for r in records)), confidence=confidence, status=status,
