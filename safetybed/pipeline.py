@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,8 @@ ProgressFactory = Callable[[str], AbstractContextManager[Any]]
 
 
 def _folder_name(scenario: str) -> str:
-    return "evaluation-" + Path(scenario).stem if scenario.endswith(".toml") else \
-        "evaluation-" + scenario.replace("/", "-")
+    """``evaluation-<file stem>`` for a scenario file, ``evaluation-<family>-<name>`` for a catalogue name."""
+    return "evaluation-" + (Path(scenario).stem if scenario.endswith(".toml") else scenario.replace("/", "-"))
 
 
 def run_pipeline(certify_spec: str | Path, out_dir: str | Path, *, episodes: int | None = None,
@@ -72,7 +72,7 @@ def run_pipeline(certify_spec: str | Path, out_dir: str | Path, *, episodes: int
     out.mkdir(parents=True, exist_ok=True)
     store = Path(store_path) if store_path is not None else out / "runs.sqlite"
     method_list = parse_methods(",".join(methods)) if evaluate else []
-    progress_factory = progress_factory or _no_progress
+    progress_factory = progress_factory or (lambda _name: nullcontext(None))
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
@@ -115,15 +115,3 @@ def run_pipeline(certify_spec: str | Path, out_dir: str | Path, *, episodes: int
             "evaluations": evaluations, "report": str(out / "pipeline.html"), "index": str(out / "pipeline.json"),
             "consistent": index["consistent"], "store": str(store), "timings_s": timings,
             "certified": certificate.get("certified")}
-
-
-class _NoProgress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _no_progress(_description: str) -> _NoProgress:
-    return _NoProgress()

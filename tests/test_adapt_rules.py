@@ -28,9 +28,9 @@ def test_entropy_is_maximal_for_equal_cluster_scores_and_zero_for_one_hot():
     assert float(cluster_entropy(equal, CLUSTER_IDS, m=K)) == pytest.approx(math.log(5), abs=1e-6)
     one_hot = torch.where(CLUSTER_IDS == 2, 1e4, 0.0).float()
     assert float(cluster_entropy(one_hot, CLUSTER_IDS, m=K)) == pytest.approx(0.0, abs=1e-6)
-    # Means, not sums: a cluster with more members but the same mean score weighs the same.
-    lopsided = torch.where(CLUSTER_IDS == 2, 1.0, 1.0)
-    assert float(cluster_entropy(lopsided, CLUSTER_IDS, m=K)) == pytest.approx(math.log(5), abs=1e-6)
+    # Means, not sums: clusters of different sizes with the same mean score weigh the same.
+    uneven = torch.tensor([0] * 2 + [1] * 4 + [2] * 10 + [3] * 4 + [4] * 2)  # summing would favour "forward"
+    assert float(cluster_entropy(torch.ones(22), uneven, m=22)) == pytest.approx(math.log(5), abs=1e-6)
     # Hand-computed: cluster means (0, 0, 1, 0, 0) -> p = e / (e + 4) for forward.
     p = math.e / (math.e + 4)
     expected = -(p * math.log(p) + 4 * ((1 - p) / 4) * math.log((1 - p) / 4))

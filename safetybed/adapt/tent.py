@@ -76,17 +76,10 @@ class TentAdapter:
         """The frame's scores (before the step) and named terms: ``entropy`` (the minimised loss)."""
         if self.episodic:
             self.reset()
-        others = [p for name, p in self.model.named_parameters() if name not in self.params]
-        flags = [p.requires_grad for p in others]
-        for parameter in others:  # gradients reach the norm parameters only
-            parameter.requires_grad_(False)
-        try:
-            outputs = self.model(obs)
-            loss = full_entropy(outputs).mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        finally:
-            for parameter, flag in zip(others, flags, strict=True):
-                parameter.requires_grad_(flag)
+        outputs = self.model(obs)
+        loss = full_entropy(outputs).mean()
+        params = list(self.params.values())
+        for parameter, grad in zip(params, torch.autograd.grad(loss, params), strict=True):
+            parameter.grad = grad  # the norm parameters only; no other parameter gets a gradient
+        self.optimizer.step()
         return outputs.detach(), {"entropy": float(loss.detach()), "updated": True}

@@ -244,7 +244,7 @@ def _check_certificate(bundle_dir: Path, manifest: dict[str, Any]) -> None:
     certificate = read_certificate(bundle_dir / manifest["certificate_file"])  # refuses an edited certificate
     where = f"certificate {certificate.certificate_id} in {certificate.path.name}"
     model_path = bundle_dir / manifest["model_file"]
-    weights = sha256_file(model_path)
+    weights = manifest["files"][manifest["model_file"]]  # the file's sha256, verified against it just before
     if weights != certificate.weights_sha256:
         raise InputError(f"{model_path}: sha256: expected {certificate.weights_sha256} (controller.weights_sha256 "
                          f"of {where}), got {weights}; these are not the certified weights")
