@@ -27,6 +27,7 @@ from torch import nn
 from safetybed.adapt.scorer import SUB_SCORES, TrajectoryScorer
 from safetybed.adapt.supervision import candidate_outcomes
 from safetybed.adapt.vocabulary import Vocabulary
+from safetybed.control.algorithms.common import build_module
 from safetybed.control.base import Controller
 from safetybed.sims.batched.sim import BatchedHighway
 from safetybed.spec import ScenarioSpec
@@ -99,14 +100,9 @@ def train_scorer(data: Demonstrations, vocabulary: Vocabulary, *, scale: torch.T
                  ) -> tuple[ScaledScorer, list[dict[str, float]]]:
     """Fit a :class:`ScaledScorer` on ``data`` with Adam; returns it and the per-epoch mean of every loss term."""
     generator = torch.Generator().manual_seed(seed)
-    model = ScaledScorer(scale, len(vocabulary), hidden=hidden)
-    with torch.no_grad():  # initial weights from our own generator, not the global one
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                nn.init.kaiming_uniform_(parameter, a=5 ** 0.5, generator=generator)
-            else:
-                parameter.zero_()
-        model.net.trunk[1].weight.fill_(1.0)
+    # PyTorch's default initialisation drawn from our own generator (the trainers' build_module), not the global RNG.
+    model = build_module(lambda: ScaledScorer(scale, len(vocabulary), hidden=hidden), device=torch.device("cpu"),
+                         generator=generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
     for _ in range(epochs):

@@ -27,8 +27,8 @@ SUB_SCORES = ("nc", "dac", "ttc", "c", "ep")
 HYDRA_WEIGHTS = (0.1, 0.5, 0.5, 1.0)
 #: Our default: ``phi = log(NC * DAC * (5 TTC + 2 C + 5 EP))``, the log of the predicted PDM score (imitation still
 #: trains the shared trunk but does not vote). Measured on 500 cut-ins (seed 0) with one scorer trained on 300
-#: expert episodes (``safetybed/adapt/planner.py``): collision rate 67.8 % with HYDRA_WEIGHTS, 57.0 % with
-#: (0.05, 1, 1, 1), 34.6 % with (0.02, 1, 1, 1), 5.0 % with these, 74.2 % by imitation alone; the expert it
+#: expert episodes (``safetybed/adapt/planner.py``, 30 epochs): collision rate 69.0 % with HYDRA_WEIGHTS, 61.6 %
+#: with (0.05, 1, 1, 1), 46.8 % with (0.02, 1, 1, 1), 8.8 % with these, 72.8 % by imitation alone; the expert it
 #: imitates had 0 of 200. The imitation logits are overconfident off the expert's states.
 DEFAULT_WEIGHTS = (0.0, 1.0, 1.0, 1.0)
 
