@@ -807,6 +807,74 @@ def print_evaluation(document) -> None:
         out.print(f"report: {document['files']['html']}")
 
 
+# -- adapt ------------------------------------------------------------------------------------------------------
+@app.command("adapt")
+def adapt_command(
+    scenarios: Annotated[list[str], typer.Argument(help="Suites to run: unshifted, dense, aggressive, noisy, mixed, "
+                                                         "all, or highway scenario specs / catalogue names.")],
+    controller: Annotated[str, typer.Option("--controller", help="Planner spec (algorithm = \"planner\").")]
+    = "controllers/highway_planner.toml",
+    method: Annotated[str, typer.Option("--method", help="none|centaur|tent, comma-separated, or all (none is "
+                                                         "always run: it is the reference).")] = "all",
+    episodes: Annotated[int, typer.Option("--episodes", min=2, help="Episodes per (suite, method).")] = 500,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Run seed (the same episodes for every method).")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Torch threads of the batched runs.")] = 1,
+    latency_episodes: Annotated[int, typer.Option("--latency-episodes", min=0, help="Episodes of the deployment "
+                                                                                    "loop timed per method "
+                                                                                    "(0: no latency).")] = 10,
+    confidence: Annotated[float, typer.Option("--confidence", min=0.5, max=0.999)] = 0.95,
+    store: StoreOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for adaptation.json and report.html.")]
+    = Path("reports/adaptation"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare test-time adaptation (none, Centaur, TENT) of the highway planner on shifted suites.
+
+    Every (suite, method) is a stored, seeded run of the batch runner; running the same command again reuses
+    complete runs and resumes partial ones.
+    """
+    from safetybed.adapt.evaluation import evaluate_adaptation, resolve_suites
+    from safetybed.report.adaptation import write_adaptation
+    from safetybed.runner import RunStore
+    from safetybed.spec.planner import ADAPT_METHODS
+
+    methods = list(ADAPT_METHODS) if method == "all" else [m.strip() for m in method.split(",") if m.strip()]
+    suites = resolve_suites(scenarios)
+    with RunStore(_store_path(store)) as run_store, progress_bar("adapt", enabled=not as_json) as progress:
+        def report_progress(label: str, done: int, total: int) -> None:
+            if progress:
+                progress(done, total)
+            if not as_json and done == 0:
+                err.print(label)
+
+        document = evaluate_adaptation(suites, controller_spec=controller, methods=methods, episodes=episodes,
+                                       seed=seed, store=run_store, workers=workers,
+                                       latency_episodes=latency_episodes, confidence=confidence,
+                                       progress=report_progress)
+    document["files"] = write_adaptation(document, out_dir)
+    if as_json:
+        emit_json(document)
+        return
+    table = Table(title=f"test-time adaptation: {controller}, {episodes} episodes each")
+    for column in ("suite", "method", "collision rate", "CI", "min TTC [s]", "progress [m]", "composite",
+                   "changed", "vs none"):
+        table.add_column(column)
+    for suite in document["suites"]:
+        for row in suite["methods"]:
+            verdict = "" if row["method"] == "none" else (
+                "lower" if row["lowers_collisions"] else "HIGHER" if row["raises_collisions"] else "overlaps")
+            table.add_row(suite["label"], row["method"], _fmt(row["collision_rate"]),
+                          f"[{_fmt(row['collision_ci'][0])}, {_fmt(row['collision_ci'][1])}]",
+                          _fmt(row["min_ttc_s"]), _fmt(row["progress_m"]), _fmt(row["composite"]),
+                          str(row.get("changed_episodes", "-")), verdict)
+    out.print(table)
+    for name, entry in document["latency"].items():
+        out.print(f"latency {name}: decision median {entry['decision']['median_ms']:.3g} ms, p95 "
+                  f"{entry['decision']['p95_ms']:.3g} ms; adapt hook median {entry['hook']['median_ms']:.3g} ms")
+    out.print(document["certificate_note"], markup=False, highlight=False)
+    out.print(f"report: {document['files']['html']}")
+
+
 # -- quickstart -------------------------------------------------------------------------------------------------
 @app.command("quickstart")
 def quickstart(

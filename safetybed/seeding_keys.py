@@ -40,6 +40,10 @@ ADVERSARY = 0xA77
 #: ``0 .. len(METHODS) - 1``, all below it; run chunks use ``(label_key(label), chunk)``.
 HIGHWAY_D2RL_TRAINING = 77
 
+# -- from a planner spec's [train] seed: SeedSequence(seed, spawn_key=(KEY, scenario index, round)) --------------
+#: The highway planner's training episodes and exploration draws (:mod:`safetybed.control.planner.train`).
+PLANNER_TRAINING = 0x91A
+
 #: Every fixed key, by name.
 KEYS: dict[str, int] = {
     "CONTROLLER_RNG": CONTROLLER_RNG,
@@ -49,6 +53,7 @@ KEYS: dict[str, int] = {
     "NADE_TESTER": NADE_TESTER,
     "ADVERSARY": ADVERSARY,
     "HIGHWAY_D2RL_TRAINING": HIGHWAY_D2RL_TRAINING,
+    "PLANNER_TRAINING": PLANNER_TRAINING,
 }
 
 

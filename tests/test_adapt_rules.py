@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from safetybed.adapt import CentaurAdapter, TentAdapter, cluster_entropy, direction_clusters, full_entropy
+from safetybed.control.planner import (
+    CentaurAdapter,
+    TentAdapter,
+    cluster_entropy,
+    direction_clusters,
+    full_entropy,
+)
 
 K = 40
 ENDPOINTS_M = torch.linspace(-4.0, 4.0, K, dtype=torch.float64)  # lateral endpoints of a toy vocabulary [m]
@@ -143,7 +149,7 @@ def test_tent_adapts_only_normalisation_affine_parameters_and_lowers_full_entrop
 
 
 def test_vocabulary_covers_the_five_direction_clusters():
-    from safetybed.adapt.vocabulary import Vocabulary
+    from safetybed.control.planner.vocabulary import Vocabulary
 
     vocabulary = Vocabulary()
     assert len(vocabulary) == 80 >= 64
@@ -163,7 +169,7 @@ def test_vocabulary_covers_the_five_direction_clusters():
 
 
 def test_scorer_phi_is_the_hydra_combination_and_centaur_adapts_its_head_only():
-    from safetybed.adapt.scorer import TrajectoryScorer
+    from safetybed.control.planner.scorer import TrajectoryScorer
 
     torch.manual_seed(0)  # the toy network's initial weights only
     model = TrajectoryScorer(6, K, hidden=16)
@@ -184,8 +190,9 @@ def test_scorer_phi_is_the_hydra_combination_and_centaur_adapts_its_head_only():
 def test_planner_collects_trains_and_acts_reproducibly():
     import numpy as np
 
-    from safetybed.adapt.planner import PlannerController, collect, train_scorer
-    from safetybed.adapt.vocabulary import Vocabulary
+    from safetybed.control.planner.controller import PlannerController
+    from safetybed.control.planner.training import collect, train_scorer
+    from safetybed.control.planner.vocabulary import Vocabulary
     from safetybed.sims.highway import make_highway_env
     from safetybed.sims.highway_obs import observation_bounds
     from safetybed.spec.catalogue import load_scenario_arg
@@ -205,6 +212,6 @@ def test_planner_collects_trains_and_acts_reproducibly():
                                                  strict=True))
     env = make_highway_env(spec)
     controller = PlannerController(env.observation_space, env.action_space, model=model, vocabulary=vocabulary)
-    actions = controller.act(data.obs[:4].numpy())
+    actions = np.concatenate([controller.act(row[None]) for row in data.obs[:4].numpy()])
     assert actions.shape == (4, 2) and np.all(np.abs(actions) <= 1)
     assert {tuple(row) for row in actions} <= {tuple(row) for row in vocabulary.first_actions()}

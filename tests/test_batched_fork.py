@@ -39,8 +39,8 @@ def test_forked_copies_follow_the_original_and_diverge_under_other_actions():
 
 
 def test_candidate_outcomes_equal_direct_rollouts_of_each_plan():
-    from safetybed.adapt.supervision import candidate_outcomes
-    from safetybed.adapt.vocabulary import Vocabulary
+    from safetybed.control.planner.supervision import candidate_outcomes
+    from safetybed.control.planner.vocabulary import Vocabulary
 
     spec, _ = load_scenario_arg("highway/cut_in")
     sim = BatchedHighway(spec, dtype=torch.float64)

@@ -1,11 +1,6 @@
-"""Test-time adaptation of trajectory-scoring planners (issue 15): Cluster Entropy, the Centaur update, TENT.
+"""Test-time adaptation, evaluated (issue 15): ``safetybed adapt`` compares none / Centaur / TENT on shifted suites.
 
-The planner controller, the shifted scenario suites and ``safetybed adapt`` are still to come; these are the
-method's rules as functions and adapters, each with its paper and equation in its module docstring.
+The planner and the adaptation rules are controllers and live in :mod:`safetybed.control.planner`; this part runs
+them through the batch runner and measures collisions, safety margins, progress, failure detection and latency
+(:mod:`safetybed.adapt.evaluation`).
 """
-
-from safetybed.adapt.centaur import CentaurAdapter
-from safetybed.adapt.cluster_entropy import CLUSTERS, cluster_entropy, direction_clusters
-from safetybed.adapt.tent import TentAdapter, full_entropy
-
-__all__ = ["CLUSTERS", "CentaurAdapter", "TentAdapter", "cluster_entropy", "direction_clusters", "full_entropy"]

@@ -23,6 +23,15 @@ Steps (Kumar, Levine & Feizi 2022; ``research/policy_smoothing.md`` §1(d) "pseu
    that does not hold. The unsmoothed base controller is attacked at the largest ``B`` as a control.
 4. ``certificate.json`` (inputs, sample counts, alpha, weight sha256, versions, certified values, clean
    estimate, run id, attacks, violations) and a self-contained ``report.html``.
+
+**Controllers that adapt at test time are refused** (the planner of :mod:`safetybed.control.planner`, with any
+``adapt:`` method, issue 15). The smoothing argument itself would cover them: Kumar et al.'s bound holds for any
+base policy that is a function of the noisy observation history, and our adapt-then-act procedure is one (each
+episode starts from the trained weights, every update reads only that episode's noisy observations, and no state
+crosses episodes), so steps 1-2 could certify the whole procedure as the smoothed policy. What this pipeline cannot
+do for it is step 3: the attacks differentiate a policy network's actions, and the planner's action is the argmax
+of a score that changes its own weights; without those checks we would issue a certificate that was never sanity-
+checked, so :func:`resolve_certification` refuses with a message that says so.
 """
 
 from __future__ import annotations
@@ -125,9 +134,17 @@ def resolve_certification(path: str | Path, *, backend: str | None = None) -> Ce
     from safetybed.spec.catalogue import load_scenario_arg
     from safetybed.spec.controller import load_controller_spec
 
+    from safetybed.spec.planner import is_planner_spec
+
     loaded = load_certify_spec(path)
     spec = loaded.spec
     controller_path = loaded.controller_path()
+    if is_planner_spec(controller_path):
+        raise SpecError(loaded.path, "controller", f"{controller_path} is a test-time-adapting planner "
+                        f"(algorithm = \"planner\"); certification refuses it: the adapt-then-act procedure is a "
+                        f"valid base policy for the smoothing bound, but the attack sanity checks need a policy "
+                        f"network and cannot run on it (safetybed.certify.pipeline docstring); a certificate of the "
+                        f"trained weights would not describe the adapted controller either")
     controller_spec = load_controller_spec(controller_path)
     if controller_spec.spec.shield != "none":
         # The smoothed clean episodes would run shielded (the runner loads the spec), but the attack sanity checks

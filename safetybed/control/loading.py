@@ -4,7 +4,9 @@ References: ``builtin:NAME``; a controller spec ``controllers/X.toml`` (its trai
 spec's ``shield`` if it names one, :mod:`safetybed.control.shield`); a checkpoint folder (``manifest.json`` +
 ``weights.safetensors``); a deployment bundle folder (``bundle.json``, see :mod:`safetybed.control.runtime`);
 ``sb3:PATH.zip``, a Stable-Baselines3 model imported without executing its pickles
-(:mod:`safetybed.control.sb3_import`).
+(:mod:`safetybed.control.sb3_import`); a planner spec (``algorithm = "planner"``,
+:mod:`safetybed.control.planner`), and ``adapt:METHOD:SPEC`` for that planner with test-time adaptation
+``METHOD`` (``none``, ``centaur``, ``tent``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ def _check_spaces(ref: str, controller: Controller, observation_space: gym.Space
         raise InputError(f"--controller {ref}: action bounds differ from the scenario's {action_space}")
 
 
+def _is_planner(path: Path, ref: str, *, adapting: bool) -> bool:
+    from safetybed.spec.planner import is_planner_spec
+
+    planner = path.suffix == ".toml" and is_planner_spec(path)
+    if adapting and not planner:
+        raise InputError(f"--controller {ref!r}: test-time adaptation needs a planner spec (a controller TOML with "
+                         f"algorithm = \"planner\", e.g. controllers/highway_planner.toml), got {path}")
+    return planner
+
+
 def load_controller(ref: str, *, scenario: ScenarioSpec, observation_space: gym.Space,
                     action_space: gym.Space) -> Controller:
     """Build the controller named by ``ref`` for a scenario's spaces.
@@ -44,7 +56,21 @@ def load_controller(ref: str, *, scenario: ScenarioSpec, observation_space: gym.
     if ref.startswith("builtin:"):
         return make_builtin(ref.removeprefix("builtin:"), scenario, observation_space, action_space)
     path = Path(ref)
-    if ref.startswith("sb3:"):
+    method = None
+    if ref.startswith("adapt:"):
+        from safetybed.spec.planner import ADAPT_METHODS
+
+        method, _, spec_ref = ref.removeprefix("adapt:").partition(":")
+        if method not in ADAPT_METHODS or not spec_ref:
+            raise InputError(f"--controller {ref!r}: expected adapt:METHOD:SPEC with METHOD one of "
+                             f"{', '.join(ADAPT_METHODS)} and SPEC a planner spec (controllers/highway_planner.toml)")
+        path = Path(spec_ref)
+    if (method is not None or path.suffix == ".toml") and _is_planner(path, ref, adapting=method is not None):
+        from safetybed.control.planner.controller import load_planner_controller
+
+        controller = load_planner_controller(str(path), method=method or "none", name=ref,
+                                             observation_space=observation_space, action_space=action_space)
+    elif ref.startswith("sb3:"):
         from safetybed.control.sb3_import import load_sb3_controller
 
         controller = load_sb3_controller(ref.removeprefix("sb3:"), observation_space=observation_space,

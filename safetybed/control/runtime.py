@@ -41,9 +41,11 @@ identically (``tests/test_bundle_certified.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -458,10 +460,14 @@ def load_bundle(bundle_dir: str | Path, *, name: str | None = None, device: str 
 def env_step_rate_hz(env: gym.Env) -> float:
     """How many ``env.step`` calls make one simulated second [Hz], read from the simulator.
 
-    Supports safetybed's bullet envs (panda-gym's ``sim.timestep`` [s] x ``sim.n_substeps``) and classic-control
-    envs (CartPole's ``tau`` [s], Pendulum's ``dt`` [s]).
+    Supports safetybed's bullet envs (panda-gym's ``sim.timestep`` [s] x ``sim.n_substeps``), classic-control
+    envs (CartPole's ``tau`` [s], Pendulum's ``dt`` [s]) and highway envs (one step per control period,
+    ``policy_frequency_hz``).
     """
     inner = env.unwrapped
+    scenario = getattr(inner, "scenario", None)
+    if getattr(scenario, "simulator", None) == "highway":
+        return float(scenario.highway.policy_frequency_hz)
     sim = getattr(inner, "sim", None)
     if sim is not None and hasattr(sim, "timestep") and hasattr(sim, "n_substeps"):
         return 1.0 / (float(sim.timestep) * int(sim.n_substeps))
@@ -493,6 +499,8 @@ class PybulletRun:
     terminated: bool
     truncated: bool
     final_info: dict[str, Any]
+    decision_s: list[float] = dataclasses.field(default_factory=list)
+    hook_s: list[float] = dataclasses.field(default_factory=list)
 
 
 def run_in_pybullet(bundle_controller: Controller, env: gym.Env, *, control_rate_hz: float, steps: int,
@@ -537,9 +545,13 @@ def run_in_pybullet(bundle_controller: Controller, env: gym.Env, *, control_rate
     total_reward = 0.0
     terminated = truncated = False
     control_step = 0
+    decision_s: list[float] = []
+    hook_s: list[float] = []
     for control_step in range(steps):
         obs_batch = np.asarray(obs, dtype=np.float32)[None, ...]
+        started = time.perf_counter()
         action_batch = bundle_controller.act(obs_batch)
+        decision_s.append(time.perf_counter() - started)
         reward = 0.0
         for _ in range(hold_steps):
             obs, step_reward, terminated, truncated, info = env.step(action_batch[0])
@@ -549,12 +561,26 @@ def run_in_pybullet(bundle_controller: Controller, env: gym.Env, *, control_rate
                 break
         total_reward += reward
         if adapt_hook is not None:
+            started = time.perf_counter()
             adapt_hook(obs_batch, action_batch, {
                 "control_step": control_step, "time_s": env_steps * step_s,
                 "next_obs_batch": np.asarray(obs, dtype=np.float32)[None, ...], "reward": reward,
                 "terminated": bool(terminated), "truncated": bool(truncated), "env_info": info})
+            hook_s.append(time.perf_counter() - started)
         if terminated or truncated:
             break
     return PybulletRun(control_steps=control_step + 1, env_steps=env_steps, hold_steps=hold_steps,
                        total_reward=total_reward, terminated=bool(terminated), truncated=bool(truncated),
-                       final_info=info)
+                       final_info=info, decision_s=decision_s, hook_s=hook_s)
+
+
+def run_in_highway(controller: Controller, env: gym.Env, *, steps: int, seed: int | None = None,
+                   adapt_hook: AdaptHook | None = None) -> PybulletRun:
+    """One episode of a safetybed highway env with the controller deciding every control step (1 /
+    ``policy_frequency_hz``), through the same loop and ``adapt_hook`` contract as :func:`run_in_pybullet`.
+
+    For the test-time-adapting planner pass ``adapt_hook=controller.adapt_hook``: Centaur's gradient of each frame
+    is then computed after its action is out (:mod:`safetybed.control.planner.controller`).
+    """
+    return run_in_pybullet(controller, env, control_rate_hz=env_step_rate_hz(env), steps=steps, seed=seed,
+                           adapt_hook=adapt_hook)

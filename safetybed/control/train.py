@@ -20,7 +20,21 @@ from safetybed.spec.controller import load_controller_spec
 def train_from_spec(spec_path: str | Path, *, steps: int | None = None, device: str | None = None,
                     out: str | Path | None = None, seed: int | None = None,
                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Train, save the checkpoint (default: the spec's ``checkpoint`` folder) and return a summary."""
+    """Train, save the checkpoint (default: the spec's ``checkpoint`` folder) and return a summary.
+
+    A planner spec (``algorithm = "planner"``) is trained by :func:`safetybed.control.planner.train.
+    train_planner_from_spec` (by episodes, on the CPU: ``steps``, ``device`` and ``seed`` do not apply).
+    """
+    from safetybed.spec.planner import is_planner_spec
+
+    if is_planner_spec(spec_path):
+        given = [flag for flag, value in (("--steps", steps), ("--device", device), ("--seed", seed)) if value]
+        if given:
+            raise InputError(f"{given[0]}: a planner spec ({spec_path}) is trained by [train] episodes on the CPU; "
+                             f"set its [train] section instead")
+        from safetybed.control.planner.train import train_planner_from_spec
+
+        return train_planner_from_spec(spec_path, out=out, progress=progress)
     loaded = load_controller_spec(spec_path)
     spec = loaded.spec
     config = check_hyper(spec, source=loaded.path)

@@ -86,8 +86,9 @@ def rollout(env: Any, controller: Any, *, seed: int, index: int = 0, determinist
         violations += int(safety["violations"])
         if "step_log" in info:
             steps = steps if steps is not None else []
+            terms = controller.decision_terms()[0] if hasattr(controller, "decision_terms") else None
             steps.append({"t": length - 1, "reward": float(reward), "action": json_safe(action),
-                          **json_safe(info["step_log"])})
+                          **json_safe(info["step_log"]), **({"controller": json_safe(terms)} if terms else {})})
         if info.get("decisions"):
             decisions = decisions if decisions is not None else []
             decisions.extend(json_safe(info["decisions"]))

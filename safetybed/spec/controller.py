@@ -81,7 +81,7 @@ class ControllerSpec(StrictModel):
 
 @dataclasses.dataclass(frozen=True)
 class LoadedControllerSpec:
-    spec: ControllerSpec
+    spec: Any  # ControllerSpec, or safetybed.spec.planner.PlannerSpec for ``algorithm = "planner"``
     path: Path
 
     @property

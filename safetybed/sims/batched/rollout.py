@@ -13,7 +13,8 @@ does. Every random draw comes from the episode's own streams:
   whose critical-step entries go into the record's ``decisions`` as the highway-env tester's do;
 * the controller: one controller acts on the whole batch in one call when its actions depend on nothing but the
   observation rows (``batch_stateless``: ``builtin:idm``, a deterministic policy); otherwise each episode gets
-  its own controller, reset with its seed, and acts on its own row (exact, slower).
+  its own controller, reset with its seed, and acts on its own row (exact, slower). A controller with
+  ``decision_terms()`` (the planner) has its terms stored in the per-step log under ``"controller"``.
 
 So a record depends only on (scenario, controller, seed), never on the batch it ran in. Finished episodes keep
 being simulated with the others (their steps are ignored), so a batch ends when its longest episode does.
@@ -67,6 +68,14 @@ class _EpisodeControllers:
             return np.asarray(self.shared.act(observations, **self.options))
         return np.stack([np.asarray(c.act(row[None], **self.options))[0]
                          for c, row in zip(self.each, observations, strict=True)])
+
+    def decision_terms(self, batch: int) -> list[dict[str, Any] | None]:
+        """Each row's named terms of the last decision, from controllers that report them (``decision_terms()``,
+        e.g. the planner's entropy); ``None`` per row otherwise."""
+        if self.shared is not None:
+            terms = getattr(self.shared, "decision_terms", None)
+            return list(terms()) if terms is not None else [None] * batch
+        return [c.decision_terms()[0] if hasattr(c, "decision_terms") else None for c in self.each]
 
 
 def batched_rollouts(spec: ScenarioSpec, make_controller: Callable[[], Any], *, seeds: Sequence[int],
@@ -139,9 +148,11 @@ def batched_rollouts(spec: ScenarioSpec, make_controller: Callable[[], Any], *, 
             if new and live[k]:
                 decisions[k] = (decisions[k] or []) + new
         if metrics.per_step_log:
+            terms = controllers.decision_terms(batch)
             for k, entry in _step_logs(sim, result, live).items():
+                extra = {"controller": json_safe(terms[k])} if terms[k] is not None else {}
                 steps[k] = (steps[k] or []) + [{"t": int(length[k]), "reward": float(out["reward"][k]),
-                                                "action": json_safe(chosen[k]), **entry}]
+                                                "action": json_safe(chosen[k]), **entry, **extra}]
         episode_return[live] += out["reward"][live]
         length[live] += 1
         collision[live] |= out["collision"][live]

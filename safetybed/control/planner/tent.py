@@ -12,7 +12,7 @@ BatchNorm), and the output returned is the one from *before* the step (``forward
 (the weights and the optimiser state carry over, ``episodic=False``); :meth:`TentAdapter.reset` restores both
 (``episodic=True`` calls it before every frame).
 
-Unlike :class:`safetybed.adapt.centaur.CentaurAdapter`, TENT changes the model in place (as the original does).
+Unlike :class:`safetybed.control.planner.centaur.CentaurAdapter`, TENT changes the model in place (as the original does).
 """
 
 from __future__ import annotations

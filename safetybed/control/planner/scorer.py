@@ -13,7 +13,7 @@ above its threshold), C (comfort), EP (ego progress) each a sigmoid in (0, 1). T
 Layout (the split Centaur's update needs): ``trunk`` (observation -> features; frozen at test time, with a
 ``LayerNorm``, the only layer TENT adapts) and ``scorer`` (features -> ``K x 6`` logits: the *scoring head* Centaur
 adapts). ``forward(obs)`` returns ``phi`` ``[..., K]``; :meth:`TrajectoryScorer.sub_scores` returns every named term.
-Training (imitation of a search-based expert, sub-score supervision from simulated candidates) is not here yet.
+Training (imitation of a search-based expert, sub-score supervision from simulated candidates) is in :mod:`.training`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ SUB_SCORES = ("nc", "dac", "ttc", "c", "ep")
 HYDRA_WEIGHTS = (0.1, 0.5, 0.5, 1.0)
 #: Our default: ``phi = log(NC * DAC * (5 TTC + 2 C + 5 EP))``, the log of the predicted PDM score (imitation still
 #: trains the shared trunk but does not vote). Measured on 500 cut-ins (seed 0) with one scorer trained on 300
-#: expert episodes (``safetybed/adapt/planner.py``, 30 epochs): collision rate 69.0 % with HYDRA_WEIGHTS, 61.6 %
+#: expert episodes (``safetybed/control/planner/training.py``, 30 epochs): collision rate 69.0 % with HYDRA_WEIGHTS, 61.6 %
 #: with (0.05, 1, 1, 1), 46.8 % with (0.02, 1, 1, 1), 8.8 % with these, 72.8 % by imitation alone; the expert it
 #: imitates had 0 of 200. The imitation logits are overconfident off the expert's states.
 DEFAULT_WEIGHTS = (0.0, 1.0, 1.0, 1.0)
@@ -38,7 +38,7 @@ class TrajectoryScorer(nn.Module):
 
     Args:
         obs_dim: observation length (the highway lane-frame observation: 48).
-        vocabulary_size: ``K`` (:class:`safetybed.adapt.vocabulary.Vocabulary`).
+        vocabulary_size: ``K`` (:class:`safetybed.control.planner.vocabulary.Vocabulary`).
         hidden: trunk width.
         weights: ``(w_im, w_nc, w_dac, w)`` of phi.
     """

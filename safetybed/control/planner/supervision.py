@@ -3,7 +3,7 @@
 Hydra-MDP is trained by distilling offline-simulated PDM sub-scores of every vocabulary trajectory plus imitation
 of an expert (``research/centaur_dsac.md`` §1.1). Here the simulation is the batched highway backend itself: the
 current batch is forked once per candidate (:func:`safetybed.sims.batched.fork.fork_rows`), each copy drives its
-candidate's action plan open loop over the horizon (:meth:`safetybed.adapt.vocabulary.Vocabulary.action_plans`),
+candidate's action plan open loop over the horizon (:meth:`safetybed.control.planner.vocabulary.Vocabulary.action_plans`),
 and the outcomes become the labels (each ``[B, K]``, episode ``b``, candidate ``j``):
 
 * ``nc``: no collision within the horizon (1 / 0);
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from safetybed.adapt.vocabulary import Vocabulary
+from safetybed.control.planner.vocabulary import Vocabulary
 from safetybed.sims.batched.fork import fork_rows
 from safetybed.sims.batched.sim import BatchedHighway
 

@@ -13,7 +13,7 @@ command and a lane-change request), so the vocabulary is built from what it can 
 so ``K = 5 x 16 = 80`` trajectories over ``horizon_s = 4 s``. Lateral motion is modelled as a linear ramp over
 ``lane_change_s`` (a choice: highway-env's lane-following controller takes ~2 s to cross a 4 m lane at highway
 speed); the lateral endpoint at the horizon [m] is what Cluster Entropy bins
-(:func:`safetybed.adapt.cluster_entropy.direction_clusters`).
+(:func:`safetybed.control.planner.cluster_entropy.direction_clusters`).
 
 Receding-horizon execution: the planner acts with the *first step* of its chosen trajectory (:meth:`Vocabulary.
 first_actions`): the first acceleration as the command ``a[0] = accel / accel_scale``, and a lane request

@@ -10,13 +10,13 @@ entropy::
     p_c = softmax(m / temperature)_c
     H   = -sum_c p_c log p_c                                   (0 <= H <= log(#clusters present))
 
-High when several directions carry high average scores; minimising it (:mod:`safetybed.adapt.centaur`) sharpens the
+High when several directions carry high average scores; minimising it (:mod:`safetybed.control.planner.centaur`) sharpens the
 planner's choice of direction. What the paper leaves open, and what we chose (each an option):
 
 * the subset (§1.2 (a)): the ``M`` highest-scoring trajectories by default (``subset="top"``: the competitive
   candidates), or ``M`` drawn uniformly without replacement from a given generator (``subset="random"``);
 * the score (§1.2 (b)): whatever the caller passes, which for our planner is the combined selection score
-  (log-scale, :mod:`safetybed.adapt` planner) so the cluster means are logits;
+  (log-scale, :mod:`safetybed.control.planner.scorer`) so the cluster means are logits;
 * the cluster bins (§1.2 (c)): fixed thresholds on the lateral endpoint in metres, :data:`DEFAULT_THRESHOLDS_M`
   (|y| < 0.75 m forward, 0.75-2.5 m slight, beyond 2.5 m a full lane (4 m) towards a neighbour);
 * a temperature inside the softmax (§1.2 (d)), default 1;

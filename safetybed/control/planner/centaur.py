@@ -6,7 +6,7 @@ plain gradient-descent step (no momentum)::
 
     theta_i = theta_ref - eta * mean_{f in the last F frames} dH_f / dtheta          (eta = 1e-4, F = 4)
 
-where ``H_f`` is the Cluster Entropy (:func:`safetybed.adapt.cluster_entropy.cluster_entropy`) of frame ``f``'s
+where ``H_f`` is the Cluster Entropy (:func:`safetybed.control.planner.cluster_entropy.cluster_entropy`) of frame ``f``'s
 scores. Only the head adapts; everything else is frozen. Gradients are taken on *past* frames, so the current
 frame never waits for its own backward pass: :meth:`CentaurAdapter.record` runs after the action is out (off the
 critical path), :meth:`CentaurAdapter.scores` of the next frame applies the step.
