@@ -11,7 +11,8 @@ from .conftest import REPO_ROOT
 
 #: The values records were drawn with: changing one changes stored runs, certificates and evaluations.
 PINNED = {"CONTROLLER_RNG": 0xC7, "OBSERVATION_NOISE": 0x0B5, "SMOOTHING_NOISE": 0x5E0, "POLICY_SAMPLING": 0x70,
-          "NADE_TESTER": 0x4E4144, "ADVERSARY": 0xA77, "HIGHWAY_D2RL_TRAINING": 77}
+          "NADE_TESTER": 0x4E4144, "ADVERSARY": 0xA77, "HIGHWAY_D2RL_TRAINING": 77,
+          "PLANNER_TRAINING": 0x91A}
 
 
 def test_keys_are_pinned_and_named_once():
