@@ -133,7 +133,6 @@ def resolve_certification(path: str | Path, *, backend: str | None = None) -> Ce
     from safetybed.sims import make_env
     from safetybed.spec.catalogue import load_scenario_arg
     from safetybed.spec.controller import load_controller_spec
-
     from safetybed.spec.planner import is_planner_spec
 
     loaded = load_certify_spec(path)

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from safetybed.control.algorithms.common import build_module
 from safetybed.control.planner.scorer import DEFAULT_WEIGHTS, SUB_SCORES, TrajectoryScorer
 from safetybed.control.planner.supervision import candidate_outcomes
 from safetybed.control.planner.vocabulary import Vocabulary
-from safetybed.control.algorithms.common import build_module
 from safetybed.sims.batched.sim import BatchedHighway
 from safetybed.spec import ScenarioSpec
 
