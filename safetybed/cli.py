@@ -350,6 +350,8 @@ def deploy_command(
                                                                      "to sign the bundle with.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the bundle files in a non-empty --out.")
                          ] = False,
+    adapt: Annotated[str, typer.Option("--adapt", help="Planner specs only: test-time adaptation of the deployed "
+                                                       "planner, none|centaur|tent.")] = "none",
     as_json: JsonFlag = False,
 ) -> None:
     """Write a self-contained deployment bundle of data (safetensors weights + bundle.json network description,
@@ -366,7 +368,17 @@ def deploy_command(
         bundle_dir = deploy_certified(source, out_dir, sign_key=sign_key, overwrite=overwrite)
     else:
         bundle_dir = deploy(controller, out_dir, scenario=scenario, control_rate_hz=control_rate_hz,
-                            certificate=certificate, sign_key=sign_key, overwrite=overwrite)
+                            certificate=certificate, sign_key=sign_key, overwrite=overwrite, adapt=adapt)
+    from safetybed.control.planner.bundle import BUNDLE_MANIFEST, is_planner_bundle
+
+    if is_planner_bundle(bundle_dir):
+        planner = json.loads((bundle_dir / BUNDLE_MANIFEST).read_text(encoding="utf-8"))
+        if as_json:
+            emit_json({"bundle": str(bundle_dir), **planner})
+        else:
+            out.print(f"planner bundle {bundle_dir} ({planner['controller']}, adaptation "
+                      f"{planner['adapt']['method']}); run it with safetybed run SCENARIO --controller {bundle_dir}")
+        return
     manifest = read_bundle_manifest(bundle_dir)
     if as_json:
         emit_json({"bundle": str(bundle_dir), **manifest})

@@ -203,3 +203,50 @@ def test_shifted_suites_validate_and_shift():
     assert specs["mixed"].highway.driver.resolved_unsafe_lane_change_floor > \
         specs["unshifted"].highway.driver.resolved_unsafe_lane_change_floor
     assert np.isclose(specs["unshifted"].perturbations.observation_noise_std, 0.0)
+
+
+@pytest.mark.parametrize(("method", "adapted_prefix"), [("centaur", "net.scorer."), ("tent", "net.trunk.1.")])
+def test_bundle_with_adaptation_changes_only_its_head(tmp_path, tiny_planner, method, adapted_prefix):
+    """A deployed planner adapting in the deployment loop changes only the scoring head (Centaur) or the LayerNorm
+    (TENT), never the bundle on disk."""
+    from safetybed.control.bundle import deploy
+    from safetybed.control.runtime import run_in_highway
+    from safetybed.control.spaces import sha256_file
+    from safetybed.sims import make_env
+
+    bundle = deploy(str(tiny_planner), tmp_path / "bundle", adapt=method)
+    before = sha256_file(bundle / "weights.safetensors")
+    controller = _load(str(bundle))
+    assert controller.method == method
+    stored = {name: value.clone() for name, value in controller.model.named_parameters()}
+    scenario, _ = _scenario_and_spaces()
+    env = make_env(scenario)
+    run = run_in_highway(controller, env, steps=5, seed=3, adapt_hook=controller.adapt_hook)
+    env.close()
+    assert run.control_steps >= 2 and len(run.hook_s) == run.control_steps
+    adapted = controller.adapted_parameters()
+    changed = {name for name in stored if not torch.equal(stored[name], adapted[name])}
+    assert changed and all(name.startswith(adapted_prefix) for name in changed), changed
+    assert all(torch.equal(stored[name], value) for name, value in controller.model.named_parameters())
+    assert sha256_file(bundle / "weights.safetensors") == before
+
+
+def test_planner_bundle_round_trip_and_refusals(tmp_path, tiny_planner, cli):
+    from safetybed.control.bundle import deploy
+
+    bundle = deploy(str(tiny_planner), tmp_path / "bundle")
+    deployed, direct = _load(str(bundle)), _load(f"adapt:none:{tiny_planner}")
+    obs = np.random.default_rng(0).normal(size=(5, *direct.observation_space.shape)).astype(np.float32)
+    assert all(np.array_equal(deployed.act(row[None]), direct.act(row[None])) for row in obs)
+    with pytest.raises(InputError, match="needs a planner spec"):
+        deploy(str(REPO_ROOT / "controllers/highway_sac.toml"), tmp_path / "sac", adapt="centaur")
+    with pytest.raises(InputError, match="--smoothing-sigma"):
+        deploy(str(tiny_planner), tmp_path / "smoothed", smoothing_sigma=0.5)
+    manifest = bundle / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"hidden": 16', '"hidden": 17'))
+    with pytest.raises(InputError, match="checkpoint_manifest_sha256"):
+        _load(str(bundle))
+    code, stdout, _ = cli("deploy", str(tiny_planner), "--out", str(tmp_path / "cli"), "--adapt", "tent", "--json")
+    assert code == 0 and json.loads(stdout)["adapt"]["method"] == "tent"
+    code, _, stderr = cli("deploy", str(tiny_planner), "--out", str(tmp_path / "bad"), "--adapt", "bogus")
+    assert code == 2 and "--adapt" in stderr

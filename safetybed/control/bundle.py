@@ -123,8 +123,12 @@ def _certified_settings(certificate: CertifiedSmoothing, *, controller_ref: str,
 def deploy(controller_ref: str, out_dir: str | Path, *, scenario: ScenarioSpec | str | None = None,
            control_rate_hz: float | None = None, smoothing_sigma: float | None = None,
            frame_stack: int | None = None, certificate: str | Path | None = None,
-           sign_key: str | Path | None = None, overwrite: bool = False) -> Path:
+           sign_key: str | Path | None = None, overwrite: bool = False, adapt: str = "none") -> Path:
     """Write a deployment bundle for a checkpoint-based controller; returns the bundle folder.
+
+    A planner spec (``algorithm = "planner"``) is deployed by :func:`safetybed.control.planner.bundle.
+    deploy_planner` with its test-time adaptation method ``adapt``; smoothing, certificates, a scenario or a
+    control rate do not apply to it (a planner cannot be certified).
 
     Args:
         controller_ref: a controller spec (``controllers/*.toml``) or a checkpoint folder.
@@ -154,7 +158,21 @@ def deploy(controller_ref: str, out_dir: str | Path, *, scenario: ScenarioSpec |
     """
     from safetybed.control.checkpoint import load_checkpoint, space_to_json
     from safetybed.sims.framestack import raw_space
+    from safetybed.spec.planner import is_planner_spec
 
+    if str(controller_ref).endswith(".toml") and is_planner_spec(controller_ref):
+        given = [flag for flag, value in (("--smoothing-sigma", smoothing_sigma), ("--certificate", certificate),
+                                          ("--frame-stack", frame_stack), ("--sign-key", sign_key), ("--scenario", scenario),
+                                          ("--control-rate-hz", control_rate_hz)) if value]
+        if given:
+            raise InputError(f"{given[0]}: {controller_ref} is a planner; its bundles take no smoothing, "
+                             f"certificate, frame stack, signature, scenario or control rate (a planner cannot be certified)")
+        from safetybed.control.planner.bundle import deploy_planner
+
+        return deploy_planner(controller_ref, out_dir, adapt=adapt, overwrite=overwrite)
+    if adapt != "none":
+        raise InputError(f"--adapt {adapt}: test-time adaptation needs a planner spec (algorithm = \"planner\", "
+                         f"e.g. controllers/highway_planner.toml), got {controller_ref}")
     _check_sigma(smoothing_sigma)
     checkpoint_dir, name, spec_scenario = _resolve_checkpoint(controller_ref)
     checkpoint = load_checkpoint(checkpoint_dir)

@@ -2,7 +2,8 @@
 
 References: ``builtin:NAME``; a controller spec ``controllers/X.toml`` (its trained checkpoint, behind the
 spec's ``shield`` if it names one, :mod:`safetybed.control.shield`); a checkpoint folder (``manifest.json`` +
-``weights.safetensors``); a deployment bundle folder (``bundle.json``, see :mod:`safetybed.control.runtime`);
+``weights.safetensors``); a deployment bundle folder (``bundle.json``, see :mod:`safetybed.control.runtime`; ``planner.json``, see
+:mod:`safetybed.control.planner.bundle`);
 ``sb3:PATH.zip``, a Stable-Baselines3 model imported without executing its pickles
 (:mod:`safetybed.control.sb3_import`); a planner spec (``algorithm = "planner"``,
 :mod:`safetybed.control.planner`), and ``adapt:METHOD:SPEC`` for that planner with test-time adaptation
@@ -90,6 +91,10 @@ def load_controller(ref: str, *, scenario: ScenarioSpec, observation_space: gym.
             from safetybed.control.shield import shield_controller
 
             controller = shield_controller(controller, shield=loaded.spec.shield, scenario=scenario, source=ref)
+    elif path.is_dir() and (path / "planner.json").exists():
+        from safetybed.control.planner.bundle import load_planner_bundle
+
+        controller = load_planner_bundle(path, name=ref)
     elif path.is_dir() and (path / "bundle.json").exists():
         from safetybed.control.runtime import load_bundle
 
