@@ -9,10 +9,13 @@ import pytest
 from safetybed.control.checkpoint import load_checkpoint
 from safetybed.errors import InputError
 from safetybed.spec.controller import load_controller_spec
+from safetybed.spec.planner import is_planner_spec, load_planner_spec
 
 from .conftest import REPO_ROOT
 
-SPECS = sorted((REPO_ROOT / "controllers").glob("*.toml"))
+ALL_SPECS = sorted((REPO_ROOT / "controllers").glob("*.toml"))
+PLANNERS = [spec for spec in ALL_SPECS if is_planner_spec(spec)]  # tests/test_planner.py covers their training
+SPECS = [spec for spec in ALL_SPECS if spec not in PLANNERS]
 SHIPPED = [spec for spec in SPECS if load_controller_spec(spec).checkpoint_dir.exists()]
 
 
@@ -20,8 +23,22 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_every_controller_spec_is_shipped_with_weights():
-    assert SPECS, "controllers/ has no specs"
+    assert SPECS and PLANNERS, "controllers/ has no specs"
     assert [spec.name for spec in SHIPPED] == [spec.name for spec in SPECS]
+    assert all(load_planner_spec(spec).checkpoint_dir.exists() for spec in PLANNERS)
+
+
+@pytest.mark.parametrize("spec", PLANNERS, ids=[spec.stem for spec in PLANNERS])
+def test_shipped_planners_act_through_the_runner(cli, tmp_path, spec):
+    code, stdout, stderr = cli("run", "highway/cut_in", "--controller", f"adapt:centaur:{spec}", "--episodes", "3",
+                               "--backend", "batched", "--store", str(tmp_path / "runs.db"), "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["episodes"] == 3
+
+
+def test_a_planner_spec_where_a_policy_spec_is_expected_is_a_clear_error():
+    with pytest.raises(InputError, match="planner spec"):
+        load_controller_spec(PLANNERS[0])
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[spec.stem for spec in SPECS])

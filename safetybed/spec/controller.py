@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from safetybed.errors import SpecError
 from safetybed.spec.base import StrictModel, read_toml_file
 from safetybed.spec.scenario import format_validation_error
 
@@ -99,6 +100,9 @@ class LoadedControllerSpec:
 def load_controller_spec(path: str | Path) -> LoadedControllerSpec:
     path = Path(path)
     data = read_toml_file(path)
+    if data.get("algorithm") == "planner":
+        raise SpecError(path, "algorithm", "this is a planner spec (algorithm = \"planner\", safetybed.spec.planner) "
+                        "where a policy-network controller spec is expected")
     try:
         spec = ControllerSpec.model_validate(data)
     except ValidationError as error:
