@@ -85,18 +85,18 @@ def save_checkpoint(out_dir: str | Path, *, policy: Policy, obs_norm: ObsNormali
     return out_dir
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load and verify a checkpoint folder; :class:`InputError` (exit 2) names what is wrong."""
-    path = Path(path)
+def read_verified_manifest(path: Path, *, fmt: str, kind: str = "checkpoint") -> tuple[dict[str, Any], Path]:
+    """``path/manifest.json`` of format ``fmt`` and its weights file, whose sha256 is checked before anything reads
+    it (the one home of that check for policy and planner checkpoints); :class:`InputError` names what is wrong."""
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise InputError(f"{path}: not a checkpoint folder ({MANIFEST} is missing)")
+        raise InputError(f"{path}: not a {kind} folder ({MANIFEST} is missing)")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{manifest_path}: invalid JSON ({error})") from None
-    if manifest.get("format") != FORMAT:
-        raise InputError(f"{manifest_path}: format: expected {FORMAT!r}, got {manifest.get('format')!r}")
+    if manifest.get("format") != fmt:
+        raise InputError(f"{manifest_path}: format: expected {fmt!r}, got {manifest.get('format')!r}")
     weights_path = path / manifest.get("weights_file", WEIGHTS)
     if not weights_path.is_file():
         raise InputError(f"{weights_path}: weights file is missing")
@@ -104,6 +104,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if actual != manifest.get("weights_sha256"):
         raise InputError(f"{weights_path}: sha256 {actual[:12]}... does not match the manifest's "
                          f"{str(manifest.get('weights_sha256'))[:12]}...; the weights were modified or corrupted")
+    return manifest, weights_path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load and verify a checkpoint folder; :class:`InputError` (exit 2) names what is wrong."""
+    path = Path(path)
+    manifest, weights_path = read_verified_manifest(path, fmt=FORMAT)
     try:
         arch = PolicyArch.from_json(manifest["policy"])
         policy = Policy(arch)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetybed.report.render import STYLE, Raw, fmt, number, png_data_uri, table
+from safetybed.report.render import STYLE, Raw, fmt, number, png_data_uri, table, write_json_and_html
 
 METHOD_COLOURS = {"none": "#777777", "centaur": "#3366cc", "tent": "#cc6633"}
 
@@ -102,10 +102,4 @@ def render_adaptation_html(document: dict[str, Any]) -> str:
 
 def write_adaptation(document: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
     """Write ``adaptation.json`` and ``report.html`` into ``out_dir``; returns their paths."""
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path = folder / "adaptation.json"
-    json_path.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    html_path = folder / "report.html"
-    html_path.write_text(render_adaptation_html(document), encoding="utf-8")
-    return {"json": str(json_path), "html": str(html_path)}
+    return write_json_and_html(document, out_dir, json_name="adaptation.json", page=render_adaptation_html(document))

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetybed.report.render import Raw, fmt, png_data_uri, table, verdict
+from safetybed.report.render import Raw, fmt, png_data_uri, table, verdict, write_json_and_html
 
 
 def _rhw_plot(document: dict[str, Any]) -> str:
@@ -87,10 +87,4 @@ def render_evaluation_html(document: dict[str, Any]) -> str:
 
 def write_evaluation(document: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
     """Write ``evaluation.json`` and ``report.html`` into ``out_dir``; returns their paths."""
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path = folder / "evaluation.json"
-    json_path.write_text(json.dumps(document, indent=2, default=str))
-    html_path = folder / "report.html"
-    html_path.write_text(render_evaluation_html(document))
-    return {"json": str(json_path), "html": str(html_path)}
+    return write_json_and_html(document, out_dir, json_name="evaluation.json", page=render_evaluation_html(document))

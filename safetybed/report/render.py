@@ -11,6 +11,7 @@ import html
 import io
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -49,6 +50,17 @@ def fmt(value: Any, digits: int = 4) -> str:
             return "-"
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def write_json_and_html(document: dict[str, Any], out_dir: str | Path, *, json_name: str, page: str) -> dict[str, str]:
+    """Write ``document`` as ``out_dir/json_name`` and ``page`` as ``out_dir/report.html``; returns their paths."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = folder / json_name
+    json_path.write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
+    html_path = folder / "report.html"
+    html_path.write_text(page, encoding="utf-8")
+    return {"json": str(json_path), "html": str(html_path)}
 
 
 class Raw(str):

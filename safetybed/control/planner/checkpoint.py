@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from safetybed import __version__
+from safetybed.control.checkpoint import read_verified_manifest
 from safetybed.control.planner.training import ScaledScorer
 from safetybed.control.planner.vocabulary import Vocabulary
 from safetybed.control.spaces import sha256_file, space_from_json, space_to_json
@@ -85,21 +86,7 @@ def load_planner_checkpoint(path: str | Path) -> PlannerCheckpoint:
     """Load and verify a planner checkpoint folder; :class:`InputError` (exit 2) names what is wrong."""
     path = Path(path)
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(f"{path}: not a planner checkpoint folder ({MANIFEST} is missing)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{manifest_path}: invalid JSON ({error})") from None
-    if manifest.get("format") != FORMAT:
-        raise InputError(f"{manifest_path}: format: expected {FORMAT!r}, got {manifest.get('format')!r}")
-    weights_path = path / manifest.get("weights_file", WEIGHTS)
-    if not weights_path.is_file():
-        raise InputError(f"{weights_path}: weights file is missing")
-    actual = sha256_file(weights_path)
-    if actual != manifest.get("weights_sha256"):
-        raise InputError(f"{weights_path}: sha256 {actual[:12]}... does not match the manifest's "
-                         f"{str(manifest.get('weights_sha256'))[:12]}...; the weights were modified or corrupted")
+    manifest, weights_path = read_verified_manifest(path, fmt=FORMAT, kind="planner checkpoint")
     try:
         vocabulary = Vocabulary(**{**manifest["vocabulary"],
                                    "accelerations_mps2": tuple(manifest["vocabulary"]["accelerations_mps2"])})
