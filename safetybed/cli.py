@@ -656,26 +656,86 @@ def _bench_executors_print(bench, format_table, *, workers, classic, highway, se
 
 @bench_app.command("train")
 def bench_train_command(
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Env steps per learning run (both sides).")] = 10_000,
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Training seeds per task and side.")] = 3,
-    tasks: Annotated[list[str] | None, typer.Option("--task", help="Scenario (repeatable); default: "
-                                                                   "classic/pendulum and bullet/reach.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (both sides).")] = "auto",
-    compile_critics: Annotated[bool, typer.Option("--compile", help="torch.compile DSAC-T's critics.")] = False,
+    tasks: Annotated[list[str] | None, typer.Option("--task", help="Scenario, optionally NAME=STEPS (repeatable); "
+                                                                   "default: classic/pendulum=20000.")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Env steps of a --task given without =STEPS.")] = 20_000,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Training seeds per (task, side, setting).")] = 5,
+    grid_seeds: Annotated[int, typer.Option("--grid-seeds", min=1, help="Seeds of the tuning grid's and the "
+                                                                        "ablation's off-default points.")] = 3,
+    sides: Annotated[list[str] | None, typer.Option("--side", help="dsac_t, mdpo_off, mdpo_on, sb3_sac, sb3_ppo "
+                                                                   "(repeatable; default: all).")] = None,
+    tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Run the tuning grid and the tuned rows.")] = True,
+    ablation: Annotated[bool, typer.Option("--ablation/--no-ablation", help="Run the DSAC-T ablation.")] = True,
+    learning_starts: Annotated[int, typer.Option("--learning-starts", min=1, help="Uniform-random warm-up steps "
+                                                                                  "(off-policy sides).")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Replay batch (off-policy sides).")] = 256,
+    hidden: Annotated[str, typer.Option("--hidden", help="Hidden sizes of every network, comma-separated.")]
+    = "256,256",
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Training runs at a time (one torch thread each).")] = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="Stored runs (resumable) and the report.")]
+    = Path("reports/bench_train"),
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (every side).")] = "auto",
+    compile_critics: Annotated[bool, typer.Option("--compile", help="torch.compile DSAC-T's critics "
+                                                                    "(throughput).")] = False,
     learning: Annotated[bool, typer.Option("--learning/--no-learning", help="Run the learning comparison.")] = True,
+    throughput: Annotated[bool, typer.Option("--throughput/--no-throughput", help="Run the throughput "
+                                                                                  "comparison.")] = True,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Throughput timings per side (median).")] = 3,
     as_json: JsonFlag = False,
 ) -> None:
-    """DSAC-T vs Stable-Baselines3 SAC: final returns (mean +- 95 % CI over seeds) and throughput ratios."""
-    from safetybed.control.bench_train import bench_train, format_table
+    """Our trainers vs Stable-Baselines3 at equal budgets (returns with 95 % CIs, curves, tuned rows, ablation)
+    and DSAC-T / SAC throughput against SB3 SAC; writes OUT/bench_train.json and OUT/report.html."""
+    from safetybed.control.bench_learning import SIDES, Plan, bench_learning
+    from safetybed.control.bench_train import Protocol, bench_throughput, format_table
+    from safetybed.control.training import resolve_device
+    from safetybed.report.bench_train import write_bench_train
 
-    result = bench_train(steps=steps, seeds=seeds, tasks=list(tasks or ["classic/pendulum", "bullet/reach"]),
-                         device=device, compile=compile_critics, learning=learning, repeats=repeats,
-                         progress=None if as_json else (lambda line: err.print(line, markup=False)))
+    task_steps = _parse_task_steps(tasks or ["classic/pendulum=20000"], default_steps=steps)
+    chosen_sides = tuple(sides or SIDES)
+    unknown = [side for side in chosen_sides if side not in SIDES]
+    if unknown:
+        raise InputError(f"--side: expected some of {', '.join(SIDES)}, got {', '.join(unknown)}")
+    try:
+        hidden_sizes = tuple(int(size) for size in hidden.split(","))
+    except ValueError:
+        raise InputError(f"--hidden: expected comma-separated integers such as 256,256, got {hidden!r}") from None
+    say = None if as_json else (lambda line: err.print(line, markup=False))
+    document: dict = {"learning": None, "throughput": [], "notes": []}
+    if learning:
+        protocol = Protocol(hidden=hidden_sizes, activation="relu", batch_size=batch_size,
+                            learning_starts=learning_starts, device=resolve_device(device), compile=False)
+        plan = Plan(tasks=task_steps, sides=chosen_sides, seeds=seeds, grid_seeds=min(grid_seeds, seeds), tune=tune,
+                    tuning_task=next(iter(task_steps)), ablation=ablation)
+        document["learning"] = bench_learning(plan, protocol, out_dir=out_dir, workers=jobs, progress=say)
+        document["protocol"] = {"hidden": list(hidden_sizes), "activation": "relu", "batch_size": batch_size,
+                                "learning_starts": learning_starts, "device": str(protocol.device),
+                                "jobs": jobs, "seeds": seeds}
+    if throughput:
+        result = bench_throughput(tasks=list(task_steps), device=device, compile=compile_critics,
+                                  batch_size=batch_size, hidden=hidden_sizes, repeats=repeats, progress=say)
+        document.update(throughput=result["throughput"], notes=result["notes"], throughput_protocol=result["protocol"])
+    document["device"] = str(resolve_device(device))
+    paths = write_bench_train(document, out_dir)
     if as_json:
-        emit_json(result, default=str)
+        emit_json(document, default=str)
     else:
-        out.print(format_table(result), markup=False, highlight=False)
+        out.print(format_table(document), markup=False, highlight=False)
+        out.print(f"report: {paths['html']}", markup=False)
+
+
+def _parse_task_steps(tasks: list[str], *, default_steps: int) -> dict[str, int]:
+    """``["classic/pendulum=20000", "bullet/reach"]`` -> ``{"classic/pendulum": 20000, "bullet/reach": default}``."""
+    parsed: dict[str, int] = {}
+    for entry in tasks:
+        name, _, count = entry.partition("=")
+        try:
+            value = int(count) if count else default_steps
+        except ValueError:
+            value = 0
+        if not name or value < 1:
+            raise InputError(f"--task {entry!r}: expected NAME or NAME=STEPS with STEPS a positive integer")
+        parsed[name] = value
+    return parsed
 
 
 @bench_app.command("batched")

@@ -1,4 +1,4 @@
-"""The classic-control adapter (CartPole, Pendulum) and the observation-noise wrapper it is used with."""
+"""The classic-control adapter (CartPole, Pendulum, MuJoCo InvertedDoublePendulum) and the observation-noise wrapper it is used with."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def balance(obs: np.ndarray) -> int:
     return int(angle_rad + 0.5 * rate_radps + 0.05 * x_m + 0.1 * speed_mps > 0)
 
 
-@pytest.mark.parametrize("task", ["cartpole", "pendulum"])
+@pytest.mark.parametrize("task", ["cartpole", "pendulum", "inverted_double_pendulum"])
 def test_passes_gymnasium_env_checker(task):
     env = classic_env(task)
     with warnings.catch_warnings(record=True) as caught:
@@ -111,12 +111,12 @@ def test_gravity_knob_changes_the_dynamics():
     assert abs(results[1][3]) > abs(results[0][3])  # the pole falls faster under stronger gravity
 
 
-@pytest.mark.parametrize("task", ["cartpole", "pendulum"])
+@pytest.mark.parametrize("task", ["cartpole", "pendulum", "inverted_double_pendulum"])
 def test_same_seed_same_trajectory_different_seed_different(task):
     env = classic_env(task)
     rng = np.random.default_rng(0)
     actions = ([int(a) for a in rng.integers(0, 2, 20)] if task == "cartpole"
-               else [rng.uniform(-2, 2, 1).astype(np.float32) for _ in range(20)])
+               else [rng.uniform(-1, 1, 1).astype(np.float32) for _ in range(20)])
 
     def play(seed):
         records = [env.reset(seed=seed)]
@@ -130,6 +130,22 @@ def test_same_seed_same_trajectory_different_seed_different(task):
     play(8)
     assert data_equivalence(first, play(7), exact=True)
     assert not np.allclose(first[0][0], play(8)[0][0])
+
+
+def test_inverted_double_pendulum_fall_is_a_collision_with_the_tip_height_as_gap():
+    env = make_env(load_scenario(SCENARIOS / "inverted_double_pendulum.toml"))
+    obs, info = env.reset(seed=3)
+    assert obs.dtype == np.float32 and env.observation_space.contains(obs)
+    assert 0.1 < info["safety"]["gap_m"] < 0.2  # the tip starts near 1.2 m, 1 m is the fall height
+    total, steps, terminated, truncated = 0.0, 0, False, False
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, info = env.step(np.ones(1, dtype=np.float32))  # full push: falls
+        total, steps = total + reward, steps + 1
+    assert terminated and not truncated and steps < 100
+    assert info["safety"]["collision"] and not info["safety"]["success"] and info["safety"]["gap_m"] <= 0
+    assert env.unwrapped.return_range == (-math.inf, 10.0 * 1000) and total < 10.0 * steps
+    heavy = classic_env("inverted_double_pendulum", gravity_mps2=20.0)
+    assert heavy.inner.model.opt.gravity[2] == -20.0
 
 
 ALPHA = 1e-6  # two-sided level of the noise checks below: a failure is a real discrepancy, not bad luck

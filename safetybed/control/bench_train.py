@@ -1,23 +1,14 @@
-"""``safetybed bench train``: our DSAC-T against Stable-Baselines3 SAC, in one process on one machine.
+"""``safetybed bench train``: shared pieces of the training benchmark, and its throughput half.
 
-Two measurements, both made in the same run so that machine noise hits both sides alike:
-
-1. **Learning.** For each task and each seed, DSAC-T (ours) and SB3 SAC are trained for the same
-   number of environment steps, then their deterministic policies are rolled out on the same seeded
-   episodes of the *safetybed* scenario. The report gives the mean final return over seeds with a 95 %
-   Student-t interval. SB3 trains on gymnasium's ``Pendulum-v1`` for ``classic/pendulum`` (same
-   dynamics, reward and 200-step limit) and on the safetybed env itself (``safetybed.sims.make_env``)
-   for every other task, so both see identical tasks.
-2. **Throughput.** Environment steps per second of the whole training loop at one gradient update per
-   environment step (warm-up and set-up included, evaluation excluded), and gradient updates per
-   second on a filled replay buffer, for DSAC-T, our SAC and SB3 SAC with the same batch size and
-   network sizes. Medians over ``repeats``; ratios are ours / SB3.
-
-Protocol shared by both sides: ``learning_starts`` uniform-random steps, ``batch_size``, one update per
-environment step, the same hidden sizes and activation for actor and critics, no observation
-normalisation. Every other hyper-parameter is each algorithm's own default (DSAC-T: the paper's, see
-:class:`safetybed.control.algorithms.dsac_t.Config`; SB3: its ``SAC`` defaults). Timings are never
-asserted anywhere; they are reported.
+The learning half (equal budgets, defaults and a tuned row, curves, the DSAC-T ablation) is
+:mod:`safetybed.control.bench_learning`; this module holds what both halves share (the protocol, the
+seeded deterministic evaluation, the Student-t interval) and the throughput measurement: environment
+steps per second of the whole training loop at one gradient update per environment step (warm-up and
+set-up included, evaluation excluded), and gradient updates per second on a filled replay buffer, for
+DSAC-T, our SAC and SB3 SAC with the same batch size and network sizes, medians over ``repeats``,
+ratios ours / SB3, all measured in the same run so that machine noise hits every side alike. SB3 trains
+on gymnasium's ``Pendulum-v1`` for ``classic/pendulum`` (same dynamics, reward and 200-step limit) and on
+the safetybed env itself for every other task. Timings are never asserted anywhere; they are reported.
 """
 
 from __future__ import annotations
@@ -27,7 +18,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -93,12 +84,12 @@ def mean_t_interval(values: list[float], *, confidence: float = 0.95) -> MeanInt
 
 # -- evaluation shared by both sides ---------------------------------------------------------------------------
 def deterministic_return(act: Callable[[np.ndarray], np.ndarray], scenario: ScenarioSpec, *,
-                         episodes: int) -> float:
-    """Mean return of ``act`` (one observation -> one action) over the shared seeded evaluation episodes."""
+                         episodes: int, seed_base: int = EVAL_SEED_BASE) -> float:
+    """Mean return of ``act`` (one observation -> one action) over the seeded episodes ``seed_base + i``."""
     env = make_env(scenario)
     total = 0.0
     for episode in range(episodes):
-        obs, _ = env.reset(seed=EVAL_SEED_BASE + episode)
+        obs, _ = env.reset(seed=seed_base + episode)
         done = False
         while not done:
             obs, reward, terminated, truncated, _ = env.step(act(obs))
@@ -165,20 +156,6 @@ def _sb3_model(task: str, scenario: ScenarioSpec, protocol: Protocol, *, steps: 
                   batch_size=protocol.batch_size, train_freq=1, gradient_steps=1, seed=seed,
                   device=str(protocol.device), verbose=0,
                   policy_kwargs={"net_arch": list(protocol.hidden), "activation_fn": activation[protocol.activation]})
-
-
-def _learn_ours(scenario: ScenarioSpec, protocol: Protocol, *, steps: int, seed: int, episodes: int) -> float:
-    setup = _ours_setup(scenario, protocol, steps=steps, seed=seed)
-    result = dsac_t.train(setup, _ours_config("dsac_t", protocol, steps=steps))
-    return deterministic_return(_torch_actor(result.policy, result.obs_norm, protocol.device), scenario,
-                                episodes=episodes)
-
-
-def _learn_sb3(task: str, scenario: ScenarioSpec, protocol: Protocol, *, steps: int, seed: int,
-               episodes: int) -> float:
-    model = _sb3_model(task, scenario, protocol, steps=steps, seed=seed, learning_starts=protocol.learning_starts)
-    model.learn(total_timesteps=steps)
-    return deterministic_return(lambda obs: model.predict(obs, deterministic=True)[0], scenario, episodes=episodes)
 
 
 # -- throughput ------------------------------------------------------------------------------------------------
@@ -254,120 +231,91 @@ def _update_rate_sb3(task: str, scenario: ScenarioSpec, protocol: Protocol, *, u
 
 
 # -- the benchmark ---------------------------------------------------------------------------------------------
-def bench_train(*, steps: int, seeds: int, tasks: list[str], device: str, compile: bool,
-                task_steps: dict[str, int] | None = None, learning_starts: int = 1000, batch_size: int = 256,
-                hidden: tuple[int, ...] = (256, 256), activation: str = "relu", eval_episodes: int = 10,
-                throughput_steps: int = 1000, throughput_updates: int = 300, repeats: int = 3,
-                learning: bool = True, throughput: bool = True, dsac_t_overrides: dict[str, Any] | None = None,
-                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Learning (final return, mean +- 95 % t-interval over seeds) and throughput of DSAC-T vs SB3 SAC.
+def bench_throughput(*, tasks: list[str], device: str, compile: bool, batch_size: int = 256,
+                     hidden: tuple[int, ...] = (256, 256), activation: str = "relu", throughput_steps: int = 1000,
+                     throughput_updates: int = 300, repeats: int = 3,
+                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Throughput of DSAC-T and our SAC against SB3 SAC (medians over ``repeats``, ratios ours / SB3).
 
     Args:
-        steps: environment steps per training run (both sides), unless ``task_steps`` names the task.
-        seeds: training seeds per task and side (``0 .. seeds-1``); at least 3 for a useful interval.
-        tasks: scenario names, e.g. ``["classic/pendulum", "bullet/reach"]``.
-        device: ``auto``, ``cpu`` or ``cuda`` (both sides use it).
+        tasks: scenario names, e.g. ``["classic/pendulum"]``.
+        device: ``auto``, ``cpu`` or ``cuda`` (every side uses it).
         compile: run DSAC-T's critics through ``torch.compile`` (falls back to eager with a note).
-        task_steps: per-task override of ``steps``.
-        learning_starts: uniform-random warm-up steps of the learning runs (both sides).
         batch_size, hidden, activation: shared by every side, actor and critics alike.
-        eval_episodes: seeded deterministic evaluation episodes per trained policy.
         throughput_steps: environment steps of each timed training loop (warm-up: ``batch_size`` steps).
         throughput_updates: gradient updates in each timed update loop.
         repeats: timings per side; medians are reported.
-        learning, throughput: which of the two parts to run.
-        dsac_t_overrides: DSAC-T ``Config`` fields to change from the paper defaults (a sensitivity check;
-            the default ``None`` is the reported comparison).
         progress: called with a short line before each piece of work.
 
     Returns:
-        ``{"protocol": ..., "learning": [row per task], "throughput": [row per task], "notes": [...],
-        "wall_time_s": ...}``; each learning row holds the per-seed returns and, per side, the
-        :meth:`MeanInterval.to_json_dict`; each throughput row the medians and the ratios ours / SB3.
-
-    Example (the numbers in the DSAC-T report)::
-
-        bench_train(steps=10_000, seeds=3, tasks=["classic/pendulum", "bullet/reach"], device="cpu",
-                    compile=False, task_steps={"bullet/reach": 3_000}, throughput_steps=600,
-                    throughput_updates=200, repeats=3)   # with OMP_NUM_THREADS=1
+        ``{"protocol": ..., "throughput": [row per task], "notes": [...], "wall_time_s": ...}``; each row holds
+        the medians, every sample and the ratios ours / SB3.
     """
-    if steps < 1 or seeds < 1 or repeats < 1:
-        raise ValueError(f"steps, seeds, repeats: expected >= 1 each, got {steps}, {seeds}, {repeats}")
+    if repeats < 1:
+        raise ValueError(f"repeats: expected >= 1, got {repeats}")
     if not tasks:
         raise ValueError("tasks: expected at least one scenario name, got none")
     say = progress or (lambda line: None)
     protocol = Protocol(hidden=tuple(hidden), activation=activation, batch_size=batch_size,
-                        learning_starts=learning_starts, device=resolve_device(device), compile=compile,
-                        dsac_t_overrides=tuple(sorted((dsac_t_overrides or {}).items())))
+                        learning_starts=batch_size, device=resolve_device(device), compile=compile)
     started = time.perf_counter()
     notes: list[str] = []
-    learning_rows: list[dict[str, Any]] = []
     throughput_rows: list[dict[str, Any]] = []
     for task in tasks:
         scenario, _ = load_scenario_arg(task)
-        task_budget = (task_steps or {}).get(task, steps)
-        if learning:
-            ours, theirs = [], []
-            for seed in range(seeds):  # interleaved, so drifts in machine load hit both sides alike
-                say(f"learning {task}: DSAC-T seed {seed} ({task_budget} steps)")
-                ours.append(_learn_ours(scenario, protocol, steps=task_budget, seed=seed, episodes=eval_episodes))
-                say(f"learning {task}: SB3 SAC seed {seed} ({task_budget} steps)")
-                theirs.append(_learn_sb3(task, scenario, protocol, steps=task_budget, seed=seed,
-                                         episodes=eval_episodes))
-            ours_ci, theirs_ci = mean_t_interval(ours), mean_t_interval(theirs)
-            learning_rows.append({
-                "task": task, "steps": task_budget, "seeds": seeds, "eval_episodes": eval_episodes,
-                "sb3_env": SB3_GYM_IDS.get(task, "safetybed.sims.make_env"),
-                "dsac_t_returns": ours, "sb3_sac_returns": theirs,
-                "dsac_t": ours_ci.to_json_dict(), "sb3_sac": theirs_ci.to_json_dict(),
-                "difference": ours_ci.mean - theirs_ci.mean})
-        if throughput:
-            warmup = batch_size
-            transitions = _random_transitions(scenario, max(throughput_steps, batch_size), seed=0)
-            rates: dict[str, dict[str, list[float]]] = {name: {"env_steps_per_s": [], "updates_per_s": []}
-                                                       for name in ("dsac_t", "sac", "sb3_sac")}
-            for repeat in range(repeats):
-                say(f"throughput {task}: repeat {repeat + 1}/{repeats}")
-                for name in ("dsac_t", "sac"):
-                    rates[name]["env_steps_per_s"].append(
-                        _loop_rate_ours(name, scenario, protocol, steps=throughput_steps, warmup=warmup))
-                    rate, note = _update_rate_ours(name, scenario, protocol, updates=throughput_updates,
-                                                   transitions=transitions)
-                    rates[name]["updates_per_s"].append(rate)
-                    if note and note not in notes:
-                        notes.append(note)
-                rates["sb3_sac"]["env_steps_per_s"].append(
-                    _loop_rate_sb3(task, scenario, protocol, steps=throughput_steps, warmup=warmup))
-                rates["sb3_sac"]["updates_per_s"].append(
-                    _update_rate_sb3(task, scenario, protocol, updates=throughput_updates, fill=len(transitions[0])))
-            medians = {name: {key: statistics.median(values) for key, values in rate.items()}
-                       for name, rate in rates.items()}
-            row: dict[str, Any] = {"task": task, "steps": throughput_steps, "updates": throughput_updates,
-                                   "repeats": repeats, "medians": medians, "samples": rates}
+        warmup = batch_size
+        transitions = _random_transitions(scenario, max(throughput_steps, batch_size), seed=0)
+        rates: dict[str, dict[str, list[float]]] = {name: {"env_steps_per_s": [], "updates_per_s": []}
+                                                   for name in ("dsac_t", "sac", "sb3_sac")}
+        for repeat in range(repeats):
+            say(f"throughput {task}: repeat {repeat + 1}/{repeats}")
             for name in ("dsac_t", "sac"):
-                for key in ("env_steps_per_s", "updates_per_s"):
-                    row[f"{name}_vs_sb3_{key}"] = medians[name][key] / medians["sb3_sac"][key]
-            throughput_rows.append(row)
+                rates[name]["env_steps_per_s"].append(
+                    _loop_rate_ours(name, scenario, protocol, steps=throughput_steps, warmup=warmup))
+                rate, note = _update_rate_ours(name, scenario, protocol, updates=throughput_updates,
+                                               transitions=transitions)
+                rates[name]["updates_per_s"].append(rate)
+                if note and note not in notes:
+                    notes.append(note)
+            rates["sb3_sac"]["env_steps_per_s"].append(
+                _loop_rate_sb3(task, scenario, protocol, steps=throughput_steps, warmup=warmup))
+            rates["sb3_sac"]["updates_per_s"].append(
+                _update_rate_sb3(task, scenario, protocol, updates=throughput_updates, fill=len(transitions[0])))
+        medians = {name: {key: statistics.median(values) for key, values in rate.items()}
+                   for name, rate in rates.items()}
+        row: dict[str, Any] = {"task": task, "steps": throughput_steps, "updates": throughput_updates,
+                               "repeats": repeats, "medians": medians, "samples": rates}
+        for name in ("dsac_t", "sac"):
+            for key in ("env_steps_per_s", "updates_per_s"):
+                row[f"{name}_vs_sb3_{key}"] = medians[name][key] / medians["sb3_sac"][key]
+        throughput_rows.append(row)
     return {"protocol": {"hidden": list(protocol.hidden), "activation": activation, "batch_size": batch_size,
-                         "learning_starts": learning_starts, "device": str(protocol.device), "compile": compile,
-                         "torch_threads": torch.get_num_threads(), "dsac_t_config": asdict(
-                             _ours_config("dsac_t", protocol, steps=steps))},
-            "learning": learning_rows, "throughput": throughput_rows, "notes": notes,
-            "wall_time_s": time.perf_counter() - started}
+                         "device": str(protocol.device), "compile": compile, "torch_threads": torch.get_num_threads()},
+            "throughput": throughput_rows, "notes": notes, "wall_time_s": time.perf_counter() - started}
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Plain-text tables of a :func:`bench_train` result (the CLI may render its own)."""
+    """Plain-text tables of a ``safetybed bench train`` document (``learning`` and/or ``throughput``)."""
     lines = []
-    if result["learning"]:
-        lines.append("learning: final deterministic return, mean +- 95% t-interval over seeds")
-        lines.append(f"{'task':<18}{'steps':>7}{'seeds':>6}  {'DSAC-T (ours)':>22}  {'SB3 SAC':>22}")
-        for row in result["learning"]:
-            ours, theirs = row["dsac_t"], row["sb3_sac"]
-            lines.append(f"{row['task']:<18}{row['steps']:>7}{row['seeds']:>6}  "
-                         f"{ours['mean']:>10.1f} +- {ours['half_width']:<9.1f}  "
-                         f"{theirs['mean']:>10.1f} +- {theirs['half_width']:<9.1f}")
-    if result["throughput"]:
+    learning = result.get("learning")
+    if learning:
+        lines.append("learning: final deterministic return, mean [95% t-interval] over seeds")
+        lines.append(f"{'task':<18}{'steps':>7} {'setting':<8}{'side':<9}{'seeds':>6}  {'return [CI]':<28}knobs")
+        for row in learning["rows"]:
+            summary = row["summary"]
+            text = ("not run" if not summary else
+                    f"{summary['mean']:.1f} [{summary['ci'][0]:.1f}, {summary['ci'][1]:.1f}]")
+            lines.append(f"{row['task']:<18}{row['steps']:>7} {row['setting']:<8}{row['side']:<9}"
+                         f"{(summary or {}).get('n', 0):>6}  {text:<28}{row['knobs'] or 'defaults'}")
+        for verdict in learning["verdicts"]:
+            lines.append(f"verdict {verdict['task']} {verdict['setting']}: {verdict['ours']} vs {verdict['theirs']}: "
+                         f"{verdict['verdict']}")
+        for entry in learning["ablation"]:
+            summary = entry["summary"]
+            text = "not run" if not summary else f"{summary['mean']:.1f} [{summary['ci'][0]:.1f}, {summary['ci'][1]:.1f}]"
+            lines.append(f"ablation (DSAC-T, {learning['tuning_task']}): {entry['label']}: {text} "
+                         f"(n={(summary or {}).get('n', 0)})")
+    if result.get("throughput"):
         lines.append("throughput: medians; ratio = ours / SB3 SAC")
         lines.append(f"{'task':<18}{'side':<9}{'env steps/s':>13}{'ratio':>8}{'updates/s':>12}{'ratio':>8}")
         for row in result["throughput"]:
@@ -377,5 +325,5 @@ def format_table(result: dict[str, Any]) -> str:
                 update_ratio = medians[name]["updates_per_s"] / medians["sb3_sac"]["updates_per_s"]
                 lines.append(f"{row['task']:<18}{name:<9}{medians[name]['env_steps_per_s']:>13.1f}{env_ratio:>8.2f}"
                              f"{medians[name]['updates_per_s']:>12.1f}{update_ratio:>8.2f}")
-    lines.extend(f"note: {note}" for note in result["notes"])
+    lines.extend(f"note: {note}" for note in result.get("notes", []))
     return "\n".join(lines)
