@@ -36,7 +36,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ import torch
 
 from safetybed.control.bench_train import (
     EVAL_SEED_BASE,
-    SB3_GYM_IDS,
     Protocol,
     deterministic_return,
     mean_t_interval,
@@ -123,11 +122,18 @@ def effective_knobs(side: str, knobs: dict[str, float]) -> tuple[tuple[str, floa
 
 
 def _side_defaults(side: str) -> dict[str, float]:
-    if side == "dsac_t":
-        return {"learning_rate": 1e-4, "init_alpha": math.e, "reward_scale": 1.0}
+    """Each knob's value when the side runs with its own defaults."""
     if side == "sb3_sac":
-        return {"learning_rate": 3e-4, "init_alpha": 1.0}
-    return {"learning_rate": 3e-4}
+        return {"learning_rate": 3e-4, "init_alpha": 1.0}  # SB3 SAC: learning_rate=3e-4, ent_coef="auto" (1.0)
+    if side == "sb3_ppo":
+        return {"learning_rate": 3e-4}  # SB3 PPO: learning_rate=3e-4
+    from safetybed.control.algorithms import algorithm_config_class
+
+    config = algorithm_config_class(SIDES[side].algorithm)()
+    if side == "dsac_t":
+        return {"learning_rate": config.critic_learning_rate, "init_alpha": math.exp(config.init_log_alpha),
+                "reward_scale": config.reward_scale}
+    return {"learning_rate": config.learning_rate}
 
 
 def side_config(side: str, knobs: dict[str, float], protocol: Protocol, *, steps: int) -> dict[str, Any]:
@@ -198,9 +204,6 @@ def _train_ours(job: Job, scenario: Any, protocol: Protocol, config: dict[str, A
     from safetybed.control.training import TrainSetup
     from safetybed.spec.controller import NetworkSpec
 
-    marks = _curve_steps(job)
-    curve: list[list[float]] = []
-
     class CurveSetup(TrainSetup):
         """Evaluates on the bench's shared curve episodes instead of the setup's own seeds."""
 
@@ -209,10 +212,9 @@ def _train_ours(job: Job, scenario: Any, protocol: Protocol, config: dict[str, A
             policy.train()
             return {"eval_return_mean": value}
 
-    step = marks[0]
     setup = CurveSetup(scenario=scenario, network=NetworkSpec(hidden=list(protocol.hidden),
                                                               activation=protocol.activation),
-                       steps=job.steps, envs=1, seed=job.seed, device=protocol.device, eval_every_steps=step,
+                       steps=job.steps, envs=1, seed=job.seed, device=protocol.device, eval_every_steps=_curve_steps(job)[0],
                        eval_episodes=job.curve_episodes)
     module = algorithm_module(SIDES[job.side].algorithm)
     result = module.train(setup, module.Config(**config))
@@ -221,22 +223,11 @@ def _train_ours(job: Job, scenario: Any, protocol: Protocol, config: dict[str, A
 
 
 def _train_sb3(job: Job, scenario: Any, protocol: Protocol, config: dict[str, Any]):
-    import gymnasium as gym
-    import stable_baselines3
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from safetybed.sims import make_env
+    from safetybed.control.bench_train import sb3_model
 
-    activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "elu": torch.nn.ELU}
-    env = gym.make(SB3_GYM_IDS[job.task]) if job.task in SB3_GYM_IDS else make_env(scenario)
-    net_arch = list(protocol.hidden)
-    if not SIDES[job.side].off_policy:
-        net_arch = {"pi": list(protocol.hidden), "vf": list(protocol.hidden)}
-    model_cls = getattr(stable_baselines3, SIDES[job.side].algorithm)
-    # SB3 seeds the global RNGs here (its own choice); our code never reads them.
-    model = model_cls("MlpPolicy", env, seed=job.seed, device=str(protocol.device), verbose=0,
-                      policy_kwargs={"net_arch": net_arch, "activation_fn": activation[protocol.activation]},
-                      **config)
+    model = sb3_model(SIDES[job.side].algorithm, job.task, scenario, protocol, seed=job.seed, **config)
     marks = _curve_steps(job)
     curve: list[list[float]] = []
 
@@ -321,15 +312,11 @@ class Plan:
     eval_episodes: int = 10
     curve_points: int = 10
     curve_episodes: int = 5
-    extra: list[Job] = field(default_factory=list)
 
     def job(self, task: str, side: str, seed: int, knobs: dict[str, float]) -> Job:
         return Job(task=task, side=side, seed=seed, steps=self.tasks[task], knobs=effective_knobs(side, knobs),
                    eval_episodes=self.eval_episodes, curve_points=self.curve_points,
                    curve_episodes=self.curve_episodes)
-
-    def seeds_list(self) -> range:
-        return range(self.seeds)
 
     def grid_jobs(self) -> list[Job]:
         if not self.tune:
@@ -345,7 +332,7 @@ class Plan:
 
     def default_jobs(self) -> list[Job]:
         return [self.job(task, side, seed, {}) for task in self.tasks for side in self.sides
-                for seed in self.seeds_list()]
+                for seed in range(self.seeds)]
 
 
 def _returns(results: dict[str, dict[str, Any]], jobs: list[Job]) -> list[float]:
@@ -372,7 +359,7 @@ def choose_tuned(plan: Plan, results: dict[str, dict[str, Any]]) -> dict[str, di
 
 def tuned_jobs(plan: Plan, chosen: dict[str, dict[str, float]]) -> list[Job]:
     return [plan.job(task, side, seed, knobs) for task in plan.tasks for side, knobs in chosen.items()
-            for seed in plan.seeds_list()]
+            for seed in range(plan.seeds)]
 
 
 def _summary(results: dict[str, dict[str, Any]], jobs: list[Job]) -> dict[str, Any] | None:
@@ -406,7 +393,7 @@ def analyse(plan: Plan, results: dict[str, dict[str, Any]], chosen: dict[str, di
                 knobs = {} if setting == "default" else chosen.get(side)
                 if knobs is None:
                     continue
-                summary = _summary(results, [plan.job(task, side, s, knobs) for s in plan.seeds_list()])
+                summary = _summary(results, [plan.job(task, side, s, knobs) for s in range(plan.seeds)])
                 rows.append({"task": task, "steps": plan.tasks[task], "setting": setting, "side": side,
                              "knobs": knobs, "summary": summary})
     verdicts = []
@@ -434,7 +421,7 @@ def analyse(plan: Plan, results: dict[str, dict[str, Any]], chosen: dict[str, di
 def bench_learning(plan: Plan, protocol: Protocol, *, out_dir: Path, workers: int,
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the plan: defaults, the tuning grid and the ablation first, then the tuned rows."""
-    first = plan.default_jobs() + plan.grid_jobs() + plan.ablation_jobs() + plan.extra
+    first = plan.default_jobs() + plan.grid_jobs() + plan.ablation_jobs()
     results = run_jobs(first, protocol, out_dir=out_dir, workers=workers, progress=progress)
     chosen = choose_tuned(plan, results)
     results.update(run_jobs(tuned_jobs(plan, chosen), protocol, out_dir=out_dir, workers=workers,

@@ -122,7 +122,6 @@ class Protocol:
     learning_starts: int
     device: torch.device
     compile: bool
-    dsac_t_overrides: tuple[tuple[str, Any], ...] = ()
 
 
 def _ours_setup(scenario: ScenarioSpec, protocol: Protocol, *, steps: int, seed: int) -> TrainSetup:
@@ -136,7 +135,7 @@ def _ours_config(algorithm: str, protocol: Protocol, *, steps: int) -> Any:
     common = {"learning_starts": protocol.learning_starts, "env_steps_per_round": 1, "updates_per_round": 1,
               "batch_size": protocol.batch_size, "buffer_size": max(steps, 1)}
     if algorithm == "dsac_t":
-        return dsac_t.Config(**{**common, "compile": protocol.compile, **dict(protocol.dsac_t_overrides)})
+        return dsac_t.Config(**common, compile=protocol.compile)
     return sac.Config(**common)
 
 
@@ -146,16 +145,33 @@ def _sb3_env(task: str, scenario: ScenarioSpec) -> gym.Env:
     return make_env(scenario)
 
 
+#: SB3 activation class for each ``[network] activation`` name.
+SB3_ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "elu": torch.nn.ELU}
+
+
+def sb3_model(algorithm: str, task: str, scenario: ScenarioSpec, protocol: Protocol, *, seed: int,
+              **config: Any) -> Any:
+    """An SB3 ``algorithm`` (``"SAC"``, ``"PPO"``) model on ``task`` with the protocol's networks and device.
+
+    ``config`` goes to the model's constructor. On-policy models get the hidden sizes for both the policy and
+    the value network.
+    """
+    import stable_baselines3
+
+    model_cls = getattr(stable_baselines3, algorithm)
+    net_arch: Any = list(protocol.hidden)
+    if algorithm == "PPO":
+        net_arch = {"pi": list(protocol.hidden), "vf": list(protocol.hidden)}
+    # SB3 seeds the global RNGs here (its own choice); our code never reads them.
+    return model_cls("MlpPolicy", _sb3_env(task, scenario), seed=seed, device=str(protocol.device), verbose=0,
+                     policy_kwargs={"net_arch": net_arch, "activation_fn": SB3_ACTIVATIONS[protocol.activation]},
+                     **config)
+
+
 def _sb3_model(task: str, scenario: ScenarioSpec, protocol: Protocol, *, steps: int, seed: int,
                learning_starts: int) -> Any:
-    from stable_baselines3 import SAC as SB3SAC
-
-    activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "elu": torch.nn.ELU}
-    # SB3 seeds the global RNGs here (its own choice); our code never reads them.
-    return SB3SAC("MlpPolicy", _sb3_env(task, scenario), buffer_size=max(steps, 1), learning_starts=learning_starts,
-                  batch_size=protocol.batch_size, train_freq=1, gradient_steps=1, seed=seed,
-                  device=str(protocol.device), verbose=0,
-                  policy_kwargs={"net_arch": list(protocol.hidden), "activation_fn": activation[protocol.activation]})
+    return sb3_model("SAC", task, scenario, protocol, seed=seed, buffer_size=max(steps, 1),
+                     learning_starts=learning_starts, batch_size=protocol.batch_size, train_freq=1, gradient_steps=1)
 
 
 # -- throughput ------------------------------------------------------------------------------------------------
@@ -294,6 +310,10 @@ def bench_throughput(*, tasks: list[str], device: str, compile: bool, batch_size
             "throughput": throughput_rows, "notes": notes, "wall_time_s": time.perf_counter() - started}
 
 
+def _interval_text(summary: dict[str, Any] | None) -> str:
+    return "not run" if not summary else f"{summary['mean']:.1f} [{summary['ci'][0]:.1f}, {summary['ci'][1]:.1f}]"
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Plain-text tables of a ``safetybed bench train`` document (``learning`` and/or ``throughput``)."""
     lines = []
@@ -303,8 +323,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{'task':<18}{'steps':>7} {'setting':<8}{'side':<9}{'seeds':>6}  {'return [CI]':<28}knobs")
         for row in learning["rows"]:
             summary = row["summary"]
-            text = ("not run" if not summary else
-                    f"{summary['mean']:.1f} [{summary['ci'][0]:.1f}, {summary['ci'][1]:.1f}]")
+            text = _interval_text(summary)
             lines.append(f"{row['task']:<18}{row['steps']:>7} {row['setting']:<8}{row['side']:<9}"
                          f"{(summary or {}).get('n', 0):>6}  {text:<28}{row['knobs'] or 'defaults'}")
         for verdict in learning["verdicts"]:
@@ -312,8 +331,7 @@ def format_table(result: dict[str, Any]) -> str:
                          f"{verdict['verdict']}")
         for entry in learning["ablation"]:
             summary = entry["summary"]
-            text = "not run" if not summary else f"{summary['mean']:.1f} [{summary['ci'][0]:.1f}, {summary['ci'][1]:.1f}]"
-            lines.append(f"ablation (DSAC-T, {learning['tuning_task']}): {entry['label']}: {text} "
+            lines.append(f"ablation (DSAC-T, {learning['tuning_task']}): {entry['label']}: {_interval_text(summary)} "
                          f"(n={(summary or {}).get('n', 0)})")
     if result.get("throughput"):
         lines.append("throughput: medians; ratio = ours / SB3 SAC")

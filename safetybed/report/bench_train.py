@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetybed.report.render import STYLE, Raw, fmt, png_data_uri, table, write_json_and_html
+from safetybed.report.render import STYLE, fmt, png_data_uri, table, write_json_and_html
 
 SIDE_COLOURS = {"dsac_t": "#3366cc", "sb3_sac": "#cc6633", "mdpo_off": "#339966", "mdpo_on": "#9944aa",
                 "sb3_ppo": "#777777"}
@@ -90,7 +90,7 @@ def render_bench_train_html(document: dict[str, Any]) -> str:
                       for key, value in document.get("protocol", {}).items()])
     title = "Training benchmark: safetybed trainers against Stable-Baselines3"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{STYLE}</style>"
-            f"</head><body><h1>{escape(title)}</h1>{Raw(''.join(parts))}<h2>Protocol</h2>{settings}</body></html>")
+            f"</head><body><h1>{escape(title)}</h1>{''.join(parts)}<h2>Protocol</h2>{settings}</body></html>")
 
 
 def write_bench_train(document: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
