@@ -74,6 +74,7 @@ def rollout(env: Any, controller: Any, *, seed: int, index: int = 0, determinist
     decisions: list[dict[str, Any]] | None = None
     while not (terminated or truncated):
         action = controller.act(np.asarray(obs)[None, ...], **options)[0]
+        previous_obs = obs
         obs, reward, terminated, truncated, info = env.step(action)
         episode_return += float(reward)
         length += 1
@@ -87,7 +88,9 @@ def rollout(env: Any, controller: Any, *, seed: int, index: int = 0, determinist
         if "step_log" in info:
             steps = steps if steps is not None else []
             terms = controller.decision_terms()[0] if hasattr(controller, "decision_terms") else None
+            # obs / next_obs make the logged steps a transition dataset (offline RL reads them back).
             steps.append({"t": length - 1, "reward": float(reward), "action": json_safe(action),
+                          "obs": json_safe(np.asarray(previous_obs)), "next_obs": json_safe(np.asarray(obs)),
                           **json_safe(info["step_log"]), **({"controller": json_safe(terms)} if terms else {})})
         if info.get("decisions"):
             decisions = decisions if decisions is not None else []

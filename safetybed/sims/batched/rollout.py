@@ -137,6 +137,7 @@ def batched_rollouts(spec: ScenarioSpec, make_controller: Callable[[], Any], *, 
             tester.before_step(action, running=running)
         candidates = _decision_candidates(sim) if metrics.decision_log else None
         result = sim.step(torch.as_tensor(action.astype(np.float64)))
+        next_observation = perceive(result.observation.cpu().numpy().astype(np.float32), step + 1)
         out = {name: getattr(result, name).cpu().numpy() for name in
                ("reward", "terminated", "truncated", "collision", "success", "ttc_s", "gap_m", "progress_m",
                 "violations")}
@@ -152,7 +153,8 @@ def batched_rollouts(spec: ScenarioSpec, make_controller: Callable[[], Any], *, 
             for k, entry in _step_logs(sim, result, live).items():
                 extra = {"controller": json_safe(terms[k])} if terms[k] is not None else {}
                 steps[k] = (steps[k] or []) + [{"t": int(length[k]), "reward": float(out["reward"][k]),
-                                                "action": json_safe(chosen[k]), **entry, **extra}]
+                                                "action": json_safe(chosen[k]), "obs": json_safe(observation[k]),
+                                                "next_obs": json_safe(next_observation[k]), **entry, **extra}]
         episode_return[live] += out["reward"][live]
         length[live] += 1
         collision[live] |= out["collision"][live]
@@ -166,7 +168,7 @@ def batched_rollouts(spec: ScenarioSpec, make_controller: Callable[[], Any], *, 
         running = running & ~(out["terminated"] | out["truncated"])
         if not running.any():
             break
-        observation = perceive(result.observation.cpu().numpy().astype(np.float32), step + 1)
+        observation = next_observation
     wall_s = (time.perf_counter() - started) / batch
     return [EpisodeRecord(index=int(indices[k]), seed=int(seeds[k]), episode_return=float(episode_return[k]),
                           length=int(length[k]), collision=bool(collision[k]), success=bool(success[k]),
