@@ -36,7 +36,10 @@ bench_app = typer.Typer(no_args_is_help=True, help="Throughput benchmarks (ratio
                                                      "in the same run).")
 app.add_typer(scenarios_app, name="scenarios")
 app.add_typer(runs_app, name="runs")
+suite_app = typer.Typer(no_args_is_help=True, help="The algorithm suite: the seed papers' methods, each with a "
+                                                     "demo measuring its paper's claim (docs/suite.md).")
 app.add_typer(bench_app, name="bench")
+app.add_typer(suite_app, name="suite")
 
 # Piped output (logs, CI) gets a wide fixed width so tables are not folded into 80 columns.
 out = Console() if sys.stdout.isatty() else Console(width=160)
@@ -992,6 +995,75 @@ def quickstart(
         out.print(f"\n[bold green]quickstart done[/bold green] in {result['wall_time_s']:.0f} s. Results: store "
                   f"{result['store']}, summary {result['summary_file']}")
         out.print(f"Inspect with: safetybed runs list --store {result['store']}")
+
+
+@suite_app.command("list")
+def suite_list(as_json: JsonFlag = False) -> None:
+    """Every suite entry: name, paper, family and the verdict of its last stored full demo."""
+    from safetybed.suite.registry import entries, load_result
+
+    rows = []
+    for entry in entries():
+        result = load_result(entry.name)
+        rows.append({"name": entry.name, "title": entry.title, "citation": entry.citation, "family": entry.family,
+                     "module": entry.module, "verdict": result.verdict if result else None})
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title=f"safetybed suite: {len(rows)} entries (verdicts from docs/suite/results/)")
+    for column in ("name", "family", "paper", "last verdict"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["family"], f"{row['title']} ({row['citation']})", row["verdict"] or "not run")
+    out.print(table)
+
+
+@suite_app.command("run")
+def suite_run(
+    name: Annotated[str, typer.Argument(help="Entry name (safetybed suite list).")],
+    fast: Annotated[bool, typer.Option("--fast", help="The reduced demo (<= 30 s on 2 cores); not stored.")] = False,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Base seed (multi-seed demos use seed, seed+1, ...).")]
+    = 0,
+    save: Annotated[bool, typer.Option("--save/--no-save", help="Store a full demo's result in "
+                                                                "docs/suite/results/ (for suite report).")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run one entry's demo: the paper's claimed effect against its baseline, measured, with a verdict."""
+    from safetybed.suite.registry import get_entry, run_demo, save_result
+
+    entry = get_entry(name)
+    if not as_json:
+        err.print(f"{entry.name}: {entry.title} ({entry.citation}), {'fast' if fast else 'full'} demo ...")
+    result = run_demo(entry, fast=fast, seed=seed)
+    stored = save_result(result) if save and not fast else None
+    if as_json:
+        emit_json(result.to_json_dict())
+        return
+    table = Table(title=f"{entry.name} ({'fast' if fast else 'full'}, seeds {list(result.seeds)}, "
+                        f"{result.wall_s:.1f} s): {result.claim}")
+    for column in ("quantity", "method", "baseline"):
+        table.add_column(column)
+    for label in dict.fromkeys([*result.measured, *result.baseline]):
+        table.add_row(label, result.measured[label].text() if label in result.measured else "—",
+                      result.baseline[label].text() if label in result.baseline else "—")
+    out.print(table)
+    out.print(f"verdict: [bold]{result.verdict}[/bold]: {result.why}", markup=True, highlight=False)
+    if stored:
+        out.print(f"stored {stored}")
+
+
+@suite_app.command("report")
+def suite_report(
+    output: Annotated[Path, typer.Option("--out", help="The markdown page to write.")] = Path("docs/suite.md"),
+) -> None:
+    """Regenerate docs/suite.md from the stored full-demo results."""
+    from safetybed.suite.registry import entries, load_result, render_markdown
+
+    rows = [(entry, load_result(entry.name)) for entry in entries()]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render_markdown(rows))
+    done = sum(result is not None for _, result in rows)
+    out.print(f"wrote {output}: {len(rows)} entries, {done} with a stored full-demo result")
 
 
 def main(argv: list[str] | None = None) -> None:

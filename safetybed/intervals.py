@@ -7,10 +7,14 @@ by the document around it (``confidence``, ``method``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ConfidenceInterval", "clopper_pearson"]
+import numpy as np
+
+__all__ = ["ConfidenceInterval", "MeanInterval", "clopper_pearson", "mean_t_interval"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,44 @@ def clopper_pearson(successes: int, n: int, confidence: float) -> ConfidenceInte
     low = float(stats.beta.ppf(alpha / 2, successes, n - successes + 1)) if successes > 0 else 0.0
     high = float(stats.beta.ppf(1 - alpha / 2, successes + 1, n - successes)) if successes < n else 1.0
     return ConfidenceInterval(low, high, confidence, "clopper-pearson")
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """A mean with its two-sided Student-t confidence interval ``ci = [mean - half_width, mean + half_width]``.
+
+    Example: ``mean_t_interval([1, 2, 3])`` has mean 2, n 3 and half width
+    ``t_{0.975, 2} * 1 / sqrt(3) = 4.3027 / 1.7321 = 2.484``.
+    """
+
+    mean: float
+    half_width: float
+    n: int
+    ci: ConfidenceInterval
+
+    @property
+    def confidence(self) -> float:
+        return self.ci.level
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The benchmark row's fields: ``mean``, ``half_width``, ``n``, ``confidence``, ``method``."""
+        return {"mean": self.mean, "half_width": self.half_width, "n": self.n, "confidence": self.ci.level,
+                "method": self.ci.method}
+
+
+def mean_t_interval(values: list[float], *, confidence: float = 0.95) -> MeanInterval:
+    """Mean of ``values`` with its ``confidence`` Student-t interval (``nan`` half width for n < 2)."""
+    from scipy import stats
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence: expected in (0, 1), got {confidence}")
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        raise ValueError("values: expected at least one value, got none")
+    mean = float(data.mean())
+    if data.size < 2:
+        half = math.nan
+    else:
+        half = float(stats.t.ppf(0.5 + confidence / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
+    return MeanInterval(mean, half, int(data.size),
+                        ConfidenceInterval(mean - half, mean + half, confidence, "Student t on seed means"))

@@ -42,7 +42,7 @@ from safetybed.errors import InputError
 from safetybed.intervals import clopper_pearson
 from safetybed.jsonsafe import json_safe
 from safetybed.runner import RunStore
-from safetybed.runner.batch import resume_run, scenario_digest, start_run, stored_episodes
+from safetybed.runner.batch import run_or_resume, stored_episodes
 from safetybed.sims.rollout import EpisodeRecord
 from safetybed.spec import ScenarioSpec
 from safetybed.spec.planner import ADAPT_METHODS
@@ -66,27 +66,6 @@ def prepare_scenario(spec: ScenarioSpec) -> ScenarioSpec:
     """``spec`` on the batched backend with the per-step log on (where the planner's entropy is stored)."""
     return spec.model_copy(update={"backend": "batched",
                                    "metrics": spec.metrics.model_copy(update={"per_step_log": True})})
-
-
-def find_run(store: RunStore, spec: ScenarioSpec, *, controller: str, seed: int, episodes: int) -> str | None:
-    """The newest stored run of exactly this experiment, if any."""
-    digest = scenario_digest(spec)
-    matches = [info for info, _ in store.list_runs()
-               if info.controller == controller and info.seed == seed and info.episodes == episodes
-               and scenario_digest(ScenarioSpec.model_validate_json(info.scenario_json)) == digest]
-    return max(matches, key=lambda info: info.created_utc).run_id if matches else None
-
-
-def run_or_resume(store: RunStore, spec: ScenarioSpec, *, scenario_path: str, controller: str, seed: int,
-                  episodes: int, workers: int, progress: Callable[[int, int], None] | None) -> str:
-    """Reuse a complete run of this experiment, resume a partial one, or start it."""
-    run_id = find_run(store, spec, controller=controller, seed=seed, episodes=episodes)
-    if run_id is None:
-        return start_run(spec, scenario_path=scenario_path, controller=controller, episodes=episodes, seed=seed,
-                         workers=workers, executor="local", store=store, progress=progress)
-    if not store.completeness(run_id).complete:
-        resume_run(run_id, store=store, workers=workers, executor="local", progress=progress)
-    return run_id
 
 
 def _decisions(record: EpisodeRecord) -> list[dict[str, Any]]:

@@ -14,7 +14,6 @@ the safetybed env itself for every other task. Timings are never asserted anywhe
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import torch
 from safetybed.control.algorithms import dsac_t, sac
 from safetybed.control.algorithms.replay import ReplayBuffer
 from safetybed.control.training import TrainSetup, resolve_device
-from safetybed.intervals import ConfidenceInterval
+from safetybed.intervals import MeanInterval, mean_t_interval  # noqa: F401  (re-exported for the benchmark)
 from safetybed.sims import make_env
 from safetybed.spec import ScenarioSpec
 from safetybed.spec.catalogue import load_scenario_arg
@@ -39,47 +38,6 @@ DEFAULT_TASKS = ("classic/pendulum", "bullet/reach")
 SB3_GYM_IDS = {"classic/pendulum": "Pendulum-v1"}
 #: Seeds of the evaluation episodes, shared by every policy (disjoint from training seeds by construction).
 EVAL_SEED_BASE = 10_000
-
-
-@dataclass(frozen=True)
-class MeanInterval:
-    """A mean with its two-sided Student-t confidence interval ``ci = [mean - half_width, mean + half_width]``.
-
-    Example: ``mean_t_interval([1, 2, 3])`` has mean 2, n 3 and half width
-    ``t_{0.975, 2} * 1 / sqrt(3) = 4.3027 / 1.7321 = 2.484``.
-    """
-
-    mean: float
-    half_width: float
-    n: int
-    ci: ConfidenceInterval
-
-    @property
-    def confidence(self) -> float:
-        return self.ci.level
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The benchmark row's fields: ``mean``, ``half_width``, ``n``, ``confidence``, ``method``."""
-        return {"mean": self.mean, "half_width": self.half_width, "n": self.n, "confidence": self.ci.level,
-                "method": self.ci.method}
-
-
-def mean_t_interval(values: list[float], *, confidence: float = 0.95) -> MeanInterval:
-    """Mean of ``values`` with its ``confidence`` Student-t interval (``nan`` half width for n < 2)."""
-    from scipy import stats
-
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence: expected in (0, 1), got {confidence}")
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
-        raise ValueError("values: expected at least one value, got none")
-    mean = float(data.mean())
-    if data.size < 2:
-        half = math.nan
-    else:
-        half = float(stats.t.ppf(0.5 + confidence / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
-    return MeanInterval(mean, half, int(data.size),
-                        ConfidenceInterval(mean - half, mean + half, confidence, "Student t on seed means"))
 
 
 # -- evaluation shared by both sides ---------------------------------------------------------------------------

@@ -194,6 +194,27 @@ def resume_run(run_id: str, *, store: RunStore, workers: int, executor: str,
     return run_id
 
 
+def find_run(store: RunStore, spec: ScenarioSpec, *, controller: str, seed: int, episodes: int) -> str | None:
+    """The newest stored run of exactly this experiment, if any."""
+    digest = scenario_digest(spec)
+    matches = [info for info, _ in store.list_runs()
+               if info.controller == controller and info.seed == seed and info.episodes == episodes
+               and scenario_digest(ScenarioSpec.model_validate_json(info.scenario_json)) == digest]
+    return max(matches, key=lambda info: info.created_utc).run_id if matches else None
+
+
+def run_or_resume(store: RunStore, spec: ScenarioSpec, *, scenario_path: str, controller: str, seed: int,
+                  episodes: int, workers: int, progress: Callable[[int, int], None] | None) -> str:
+    """Reuse a complete run of this experiment, resume a partial one, or start it."""
+    run_id = find_run(store, spec, controller=controller, seed=seed, episodes=episodes)
+    if run_id is None:
+        return start_run(spec, scenario_path=scenario_path, controller=controller, episodes=episodes, seed=seed,
+                         workers=workers, executor="local", store=store, progress=progress)
+    if not store.completeness(run_id).complete:
+        resume_run(run_id, store=store, workers=workers, executor="local", progress=progress)
+    return run_id
+
+
 def run_summary(store: RunStore, run_id: str, *, confidence: float = 0.95) -> RunSummary:
     info = store.get_run(run_id)
     return summarize(run_id, store.episodes(run_id), scenario=info.scenario_name, controller=info.controller,

@@ -1,0 +1,1 @@
+"""Policy optimisation: on-policy sampling correction, optimistic actor-critics, bilevel alignment (suite I)."""
