@@ -43,6 +43,7 @@ from torch.nn import functional as F
 
 from safetybed.control.algorithms.common import build_module, polyak_, require, require_integers
 from safetybed.suite.common.offline_data import OfflineDataset
+from safetybed.threads import torch_threads
 
 __all__ = ["BCConfig", "CategoricalPolicy", "DiscreteTransitions", "IQLAgent", "IQLConfig", "TrainedLearner",
            "TransitionBatch", "TransitionSampler", "UniformSampler", "WeightedSampler", "bc_loss",
@@ -305,12 +306,13 @@ def train_bc(transitions: DiscreteTransitions, *, sampler: TransitionSampler, co
     policy = _policy(transitions, config.hidden, init_generator)
     optimiser = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
     average = _TermAverage(config.steps)
-    for step in range(config.steps):
-        terms = bc_loss(policy, transitions.batch(sampler.sample(config.batch_size, generator=sample_rng)))
-        optimiser.zero_grad(set_to_none=True)
-        terms["loss_actor"].backward()
-        optimiser.step()
-        average.add(step, terms)
+    with torch_threads(1):  # small networks: extra threads only spin (see safetybed.threads)
+        for step in range(config.steps):
+            terms = bc_loss(policy, transitions.batch(sampler.sample(config.batch_size, generator=sample_rng)))
+            optimiser.zero_grad(set_to_none=True)
+            terms["loss_actor"].backward()
+            optimiser.step()
+            average.add(step, terms)
     return TrainedLearner(policy, policy, average.means())
 
 
@@ -408,16 +410,18 @@ def train_iql(transitions: DiscreteTransitions, *, sampler: TransitionSampler, c
                   for name, module in (("loss_value", agent.value), ("loss_actor", agent.policy),
                                        ("loss_critic", agent.critics))}
     average = _TermAverage(config.steps)
-    for step in range(config.steps):
-        terms = iql_losses(agent, transitions.batch(sampler.sample(config.batch_size, generator=sample_rng)), config)
-        for optimiser in optimisers.values():
-            optimiser.zero_grad(set_to_none=True)
-        # The three losses touch disjoint parameters (see iql_losses), so one backward pass serves all three.
-        (terms["loss_value"] + terms["loss_actor"] + terms["loss_critic"]).backward()
-        for optimiser in optimisers.values():
-            optimiser.step()
-        polyak_(agent.target_critics, agent.critics, config.polyak)
-        average.add(step, terms)
+    with torch_threads(1):  # small networks: extra threads only spin (see safetybed.threads)
+        for step in range(config.steps):
+            batch = transitions.batch(sampler.sample(config.batch_size, generator=sample_rng))
+            terms = iql_losses(agent, batch, config)
+            for optimiser in optimisers.values():
+                optimiser.zero_grad(set_to_none=True)
+            # The three losses touch disjoint parameters (see iql_losses), so one backward pass serves all three.
+            (terms["loss_value"] + terms["loss_actor"] + terms["loss_critic"]).backward()
+            for optimiser in optimisers.values():
+                optimiser.step()
+            polyak_(agent.target_critics, agent.critics, config.polyak)
+            average.add(step, terms)
     return TrainedLearner(agent.policy, agent, average.means())
 
 
@@ -436,13 +440,14 @@ def evaluate_policy(policy: CategoricalPolicy, scenario: str, *, episodes: int, 
     action_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     returns = np.zeros(episodes)
     try:
-        for k in range(episodes):
-            obs, _ = env.reset(seed=seed + k)
-            done = False
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(policy.act(obs, greedy=greedy, generator=action_rng))
-                returns[k] += float(reward)
-                done = terminated or truncated
+        with torch_threads(1):
+            for k in range(episodes):
+                obs, _ = env.reset(seed=seed + k)
+                done = False
+                while not done:
+                    obs, reward, terminated, truncated, _ = env.step(policy.act(obs, greedy=greedy, generator=action_rng))
+                    returns[k] += float(reward)
+                    done = terminated or truncated
     finally:
         env.close()
     return returns
