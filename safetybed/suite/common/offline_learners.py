@@ -445,7 +445,8 @@ def evaluate_policy(policy: CategoricalPolicy, scenario: str, *, episodes: int, 
                 obs, _ = env.reset(seed=seed + k)
                 done = False
                 while not done:
-                    obs, reward, terminated, truncated, _ = env.step(policy.act(obs, greedy=greedy, generator=action_rng))
+                    action = policy.act(obs, greedy=greedy, generator=action_rng)
+                    obs, reward, terminated, truncated, _ = env.step(action)
                     returns[k] += float(reward)
                     done = terminated or truncated
     finally:

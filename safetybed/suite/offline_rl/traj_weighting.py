@@ -81,7 +81,7 @@ from safetybed.suite.common.offline_learners import (
     train_bc,
     train_iql,
 )
-from safetybed.suite.registry import DemoResult, Measure, SuiteEntry, measure
+from safetybed.suite.registry import DemoResult, SuiteEntry, measure
 
 __all__ = ["ENTRY", "Config", "demo", "normalised", "trajectory_weighted_sampler", "trajectory_weights",
            "transition_probabilities"]
@@ -121,8 +121,8 @@ def normalised(values: np.ndarray) -> np.ndarray:
     return (values - values.min()) / spread
 
 
-def trajectory_weights(returns: np.ndarray, *, scheme: Scheme = "return", initial_observations: np.ndarray | None = None,
-                       temperature: float = 0.1) -> np.ndarray:
+def trajectory_weights(returns: np.ndarray, *, scheme: Scheme = "return",
+                       initial_observations: np.ndarray | None = None, temperature: float = 0.1) -> np.ndarray:
     """Sampling weights of ``E`` trajectories (they sum to 1), Hong et al. 2023 §4 (RW and AW).
 
     Args:
@@ -189,26 +189,27 @@ SAMPLINGS = ("uniform", "rw", "aw")
 @dataclass(frozen=True)
 class _Sizes:
     seeds: int
-    mix5_random_episodes: int
-    mix5_expert_episodes: int
-    mix5ep_random_episodes: int
-    mix5ep_expert_episodes: int
+    mix5_episodes: tuple[int, int]
+    """(random, expert) episodes of the 5 %-expert-transitions mixture."""
+    mix5ep_episodes: tuple[int, int] | None
+    """(random, expert) episodes of the 5 %-expert-episodes mixture (None: not run)."""
     expert_episodes: int
     steps: int
     eval_episodes: int
     with_iql: bool
 
 
-_FULL = _Sizes(seeds=5, mix5_random_episodes=840, mix5_expert_episodes=5, mix5ep_random_episodes=190,
-               mix5ep_expert_episodes=10, expert_episodes=20, steps=2_000, eval_episodes=20, with_iql=True)
-_FAST = _Sizes(seeds=1, mix5_random_episodes=500, mix5_expert_episodes=3, mix5ep_random_episodes=95,
-               mix5ep_expert_episodes=5, expert_episodes=5, steps=800, eval_episodes=10, with_iql=False)
+_FULL = _Sizes(seeds=5, mix5_episodes=(840, 5), mix5ep_episodes=(190, 10), expert_episodes=20, steps=2_000,
+               eval_episodes=20, with_iql=True)
+_FAST = _Sizes(seeds=1, mix5_episodes=(500, 3), mix5ep_episodes=None, expert_episodes=5, steps=800,
+               eval_episodes=10, with_iql=False)
 #: Network width of every learner in the demo (2x64 instead of IQL's 2x256: CartPole is 4-D, and CPU time counts).
 _HIDDEN = (64, 64)
 #: The claim's thresholds: RW/AW-BC at least this multiple of uniform BC on ``mix5`` ...
 _GAIN = 2.0
 #: ... and at least this fraction of uniform BC on the expert-only data.
 _NO_DEGRADATION = 0.9
+_UNIT = "return (greedy, CartPole-200)"
 
 
 def _sampler(data: OfflineDataset, transitions: DiscreteTransitions, sampling: str) -> TransitionSampler:
@@ -224,79 +225,90 @@ def _greedy_return(data: OfflineDataset, train: Callable[..., TrainedLearner], c
     return float(evaluate_policy(trained.policy, SCENARIO, episodes=eval_episodes, seed=eval_seed).mean())
 
 
-def demo(*, fast: bool, seed: int, store_path: str | Path = DEFAULT_SUITE_STORE) -> DemoResult:
-    """BC (and IQL) on CartPole-200 with uniform vs RW vs AW sampling: the greedy policies' returns."""
-    sizes = _FAST if fast else _FULL
+def _datasets(sizes: _Sizes, seed: int, store_path: str | Path) -> dict[str, OfflineDataset]:
+    # Distinct run seeds per dataset and part (record_dataset runs part k with seed + k).
     expert = shipped_controller("cartpole_ppo")
+
+    def mixture(episodes: tuple[int, int], run_seed: int) -> OfflineDataset:
+        return record_dataset(SCENARIO, parts=[DatasetPart("builtin:random", episodes[0]),
+                                               DatasetPart(expert, episodes[1])], seed=run_seed, store_path=store_path)
+
+    datasets = {"mix5": mixture(sizes.mix5_episodes, 10 * seed),
+                "expert": record_dataset(SCENARIO, parts=[DatasetPart(expert, sizes.expert_episodes)],
+                                         seed=10 * seed + 2, store_path=store_path)}
+    if sizes.mix5ep_episodes is not None:
+        datasets["mix5ep"] = mixture(sizes.mix5ep_episodes, 10 * seed + 4)
+    return datasets
+
+
+def demo(*, fast: bool, seed: int, store_path: str | Path = DEFAULT_SUITE_STORE) -> DemoResult:
+    """BC (and IQL) on CartPole-200 with uniform vs RW vs AW sampling: the greedy policies' returns.
+
+    ``measured`` holds RW under the labels ``"<learner> <dataset>"`` that ``baseline`` (uniform sampling) shares,
+    and AW under ``"<learner> <dataset> AW"``."""
+    sizes = _FAST if fast else _FULL
     bc_config = BCConfig(hidden=_HIDDEN, steps=sizes.steps)
     iql_config = IQLConfig(hidden=_HIDDEN, steps=sizes.steps)
     learners: list[tuple[str, Callable[..., TrainedLearner], BCConfig | IQLConfig]] = [("bc", train_bc, bc_config)]
     if sizes.with_iql:
         learners.append(("iql", train_iql, iql_config))
-    returns: dict[str, list[float]] = {}
-    expert_share: list[float] = []
+    returns: dict[tuple[str, str], list[float]] = {}
+    expert_share: dict[str, list[float]] = {}
     seeds = tuple(seed + k for k in range(sizes.seeds))
     for s in seeds:
-        # Distinct run seeds per dataset and part (record_dataset runs part k with seed + k); evaluation
-        # episodes are reset with seeds no dataset uses.
-        datasets = {
-            "mix5": record_dataset(SCENARIO, parts=[DatasetPart("builtin:random", sizes.mix5_random_episodes),
-                                                    DatasetPart(expert, sizes.mix5_expert_episodes)],
-                                   seed=10 * s, store_path=store_path),
-            "expert": record_dataset(SCENARIO, parts=[DatasetPart(expert, sizes.expert_episodes)], seed=10 * s + 2,
-                                     store_path=store_path),
-            "mix5ep": record_dataset(SCENARIO, parts=[DatasetPart("builtin:random", sizes.mix5ep_random_episodes),
-                                                      DatasetPart(expert, sizes.mix5ep_expert_episodes)],
-                                     seed=10 * s + 4, store_path=store_path),
-        }
-        mix5 = datasets["mix5"]
-        expert_share.append(float(np.mean(np.asarray(mix5.episode_controllers)[mix5.episode] == expert)))
+        datasets = _datasets(sizes, s, store_path)
         for dataset_name, data in datasets.items():
+            from_expert = np.asarray(data.episode_controllers)[data.episode] != "builtin:random"
+            expert_share.setdefault(dataset_name, []).append(float(from_expert.mean()))
             for learner_name, train, config in learners:
                 if dataset_name == "mix5ep" and learner_name != "bc":
-                    continue
+                    continue  # the episode-share mixture only illustrates greedy BC
                 for sampling in SAMPLINGS:
+                    # Evaluation episodes are reset with seeds no dataset run uses.
                     value = _greedy_return(data, train, config, sampling, seed=s, eval_seed=1_000_000 + 1000 * s,
                                            eval_episodes=sizes.eval_episodes)
-                    returns.setdefault(f"{learner_name}_{sampling}_{dataset_name}", []).append(value)
+                    returns.setdefault((f"{learner_name} {dataset_name}", sampling), []).append(value)
 
-    def measures(sampling: str) -> dict[str, Measure]:
-        return {key.replace(f"_{sampling}_", "_"): measure(values, unit="return (greedy, CartPole-200)")
-                for key, values in returns.items() if f"_{sampling}_" in key}
+    labels = list(dict.fromkeys(label for label, _ in returns))
+    baseline = {label: measure(returns[label, "uniform"], unit=_UNIT) for label in labels}
+    measured = {label: measure(returns[label, "rw"], unit=_UNIT) for label in labels}
+    measured |= {f"{label} AW": measure(returns[label, "aw"], unit=_UNIT) for label in labels}
+    measured |= {f"{name} expert transition share": measure(shares, unit="fraction")
+                 for name, shares in expert_share.items() if name != "expert"}
 
-    baseline = measures("uniform")
-    measured = {f"{key.split('_', 1)[0]}_rw_{key.split('_', 1)[1]}": m for key, m in measures("rw").items()}
-    measured |= {f"{key.split('_', 1)[0]}_aw_{key.split('_', 1)[1]}": m for key, m in measures("aw").items()}
-    measured["mix5_expert_transition_share"] = measure(expert_share, unit="fraction")
+    def ratio(label: str) -> float:
+        return measured[label].mean / max(baseline[label.removesuffix(" AW")].mean, 1e-9)
 
-    uniform_mix = baseline["bc_mix5"].mean
-    uniform_expert = baseline["bc_expert"].mean
-    gains = {w: measured[f"bc_{w}_mix5"].mean / max(uniform_mix, 1e-9) for w in ("rw", "aw")}
-    keeps = {w: measured[f"bc_{w}_expert"].mean / max(uniform_expert, 1e-9) for w in ("rw", "aw")}
-    checks = [gains[w] >= _GAIN for w in gains] + [keeps[w] >= _NO_DEGRADATION for w in keeps]
-    verdict = "reproduced" if all(checks) else ("not reproduced" if not any(checks[:2]) else "partly")
-    iql_note = ""
+    gains = {"RW": ratio("bc mix5"), "AW": ratio("bc mix5 AW")}
+    keeps = {"RW": ratio("bc expert"), "AW": ratio("bc expert AW")}
+    gain_checks = [g >= _GAIN for g in gains.values()]
+    keep_checks = [k >= _NO_DEGRADATION for k in keeps.values()]
+    verdict = ("reproduced" if all(gain_checks + keep_checks) else
+               "partly" if any(gain_checks) else "not reproduced")
+    notes = [f"BC on 5 % expert transitions: uniform {baseline['bc mix5'].mean:.0f}, RW {measured['bc mix5'].mean:.0f} "
+             f"({gains['RW']:.1f}x), AW {measured['bc mix5 AW'].mean:.0f} ({gains['AW']:.1f}x) (needs >= {_GAIN:g}x)",
+             f"on 100 % expert RW/AW keep {keeps['RW']:.2f}/{keeps['AW']:.2f} of uniform (needs >= {_NO_DEGRADATION})"]
     if sizes.with_iql:
-        iql_note = (f"; IQL on mix5: uniform {baseline['iql_mix5'].mean:.0f}, RW {measured['iql_rw_mix5'].mean:.0f}, "
-                    f"AW {measured['iql_aw_mix5'].mean:.0f}")
-    why = (f"BC on 5 % expert transitions: uniform {uniform_mix:.0f}, RW {measured['bc_rw_mix5'].mean:.0f} "
-           f"({gains['rw']:.1f}x), AW {measured['bc_aw_mix5'].mean:.0f} ({gains['aw']:.1f}x); on 100 % expert "
-           f"RW/AW keep {keeps['rw']:.2f}/{keeps['aw']:.2f} of uniform{iql_note}; with 5 % expert *episodes* "
-           f"(mix5ep) greedy uniform BC already scores {baseline['bc_mix5ep'].mean:.0f}, since balanced random "
-           f"labels leave the expert's action the argmax")
+        notes.append(f"IQL on mix5: uniform {baseline['iql mix5'].mean:.0f}, RW {measured['iql mix5'].mean:.0f}, "
+                     f"AW {measured['iql mix5 AW'].mean:.0f}")
+    if "bc mix5ep" in baseline:
+        share = measured["mix5ep expert transition share"].mean
+        notes.append(f"with 5 % expert *episodes* ({share:.0%} of transitions) greedy uniform BC already scores "
+                     f"{baseline['bc mix5ep'].mean:.0f} (RW {measured['bc mix5ep'].mean:.0f}): balanced random "
+                     f"labels leave the expert's action the argmax")
     return DemoResult(
         name="traj-weighting",
-        claim=(f"On CartPole-200 data with 5 % expert transitions (rest uniform-random), RW- and AW-sampled BC reach "
-               f"≥ {_GAIN:g}x the greedy return of uniformly sampled BC, and on 100 % expert data they keep "
+        claim=(f"On CartPole-200 data with 5 % expert transitions (the rest uniform-random), RW- and AW-sampled BC "
+               f"reach ≥ {_GAIN:g}x the greedy return of uniformly sampled BC, and on 100 % expert data they keep "
                f"≥ {_NO_DEGRADATION:.0%} of it."),
-        measured=measured, baseline=baseline, verdict=verdict, why=why, fast=fast, seeds=seeds,
+        measured=measured, baseline=baseline, verdict=verdict, why="; ".join(notes), fast=fast, seeds=seeds,
         settings={"scenario": SCENARIO, "expert": "controllers/cartpole_ppo.toml", "temperature": Config().temperature,
                   "mass": Config().mass, "gradient_steps": sizes.steps, "batch_size": bc_config.batch_size,
                   "hidden": list(_HIDDEN), "learning_rate": bc_config.learning_rate,
                   "iql_expectile": iql_config.expectile, "iql_temperature": iql_config.temperature,
                   "iql_gamma": iql_config.gamma, "learners": [name for name, _, _ in learners],
-                  "mix5_episodes": [sizes.mix5_random_episodes, sizes.mix5_expert_episodes],
-                  "mix5ep_episodes": [sizes.mix5ep_random_episodes, sizes.mix5ep_expert_episodes],
+                  "mix5_episodes": list(sizes.mix5_episodes),
+                  "mix5ep_episodes": None if sizes.mix5ep_episodes is None else list(sizes.mix5ep_episodes),
                   "expert_episodes": sizes.expert_episodes, "eval_episodes_per_policy": sizes.eval_episodes},
     )
 
