@@ -40,6 +40,19 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _suite_demos_on_one_torch_thread(request):
+    """The suite's demos run on one torch thread under ``safetybed suite run`` (registry.run_demo); their tests call
+    the demos directly, so pin it here too (small networks on a busy 2-core box are many times slower otherwise)."""
+    if not request.module.__name__.rsplit(".", 1)[-1].startswith("test_suite_"):
+        yield
+        return
+    from safetybed.threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 def assert_validate_rejects(cli, tmp_path: Path, case: str, text: str, field: str, reason: str) -> None:
     """``safetybed scenarios validate`` on a malformed spec exits 2 with one message naming file, field, reason."""
     path = tmp_path / f"{case}.toml"
