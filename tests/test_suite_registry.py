@@ -41,8 +41,10 @@ def test_measure_is_the_student_t_mean_interval():
 
 
 def test_demo_result_round_trips_and_refuses_unknown_verdicts(tmp_path):
-    result = _result()
+    result = _result(baseline={"return": measure([0.5, 1.5])})
     assert DemoResult.from_json_dict(json.loads(json.dumps(result.to_json_dict()))) == result
+    single = DemoResult.from_json_dict(json.loads(json.dumps(_result().to_json_dict())))
+    assert math.isnan(single.baseline["return"].half_width)  # one seed: no interval, stored as null
     with pytest.raises(ValueError, match="verdict"):
         _result(verdict="worked")
     with pytest.raises(ValueError, match="fast"):

@@ -64,8 +64,11 @@ class Measure:
 
     @classmethod
     def from_json_dict(cls, data: Mapping[str, Any]) -> Measure:
-        return cls(float(data["mean"]), float(data["half_width"]), int(data["n"]),
-                   tuple(float(v) for v in data["values"]), str(data.get("unit", "")))
+        def number(value: Any) -> float:  # JSON stores NaN / infinities as null (jsonsafe)
+            return math.nan if value is None else float(value)
+
+        return cls(number(data["mean"]), number(data["half_width"]), int(data["n"]),
+                   tuple(number(v) for v in data["values"]), str(data.get("unit", "")))
 
 
 def measure(values: Sequence[float], *, unit: str = "") -> Measure:
