@@ -1,7 +1,7 @@
 """HNPG: natural policy gradient whose critic is also fitted to the offline data's Bellman error.
 
 Paper: Yifei Zhou, Ayush Sekhari, Yuda Song, Wen Sun (2023), "Offline Data Enhanced On-Policy Policy Gradient with
-Provable Guarantees" (arXiv 2311.08384). Official code: github.com/YifeiZhou02/HNPG (``trpo.py``, read for this
+Provable Guarantees". Official code: github.com/YifeiZhou02/HNPG (``trpo.py``, read for this
 module; the paper's text was not available here, so steps are cited by Algorithm 1's structure, not equation
 numbers).
 
