@@ -276,8 +276,10 @@ class TD3BC:
                                    generator=generator)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_learning_rate)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_learning_rate)
+        # fused: one kernel per step instead of one per tensor (about twice as fast an Adam step on these small
+        # CPU networks; the same update rule).
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_learning_rate, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_learning_rate, fused=True)
         self.updates = 0
         #: Observation normaliser and action scale [action units] for :meth:`act` (set by :func:`train_offline`
         #: from the dataset; identity otherwise).

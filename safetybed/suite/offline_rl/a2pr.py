@@ -36,9 +36,23 @@ code does that the paper's summary does not say, all kept here:
   commands; the VAE is 750-750 with latent ``2 * dim(A)``, log-std clamped to ``[-4, 15]``, Adam 1e-3; the
   actor is 3x256 and the critic and value 4x256 (deeper than TD3+BC's 2x256).
 
+A consequence of the code's value target worth knowing: ``y_V`` backs up the *dataset* action's reward through
+the pessimistic ``min`` of both critics, so ``V(s)`` tracks roughly ``min_i Q_i(s, a)`` rather than an average over
+actions, and ``A(s, a) = Q_1(s, a) - V(s)`` is positive on most rows (85-99 % of the demo's batches, random
+actions included). The VAE therefore models most of the data, and what mainly separates A2PR from TD3+BC in the
+demo is the guide: ``a_hat = VAE(s, pi(s))`` (the policy's own action projected onto the data) wins the advantage
+comparison on 50-80 % of the rows, so the actor is pulled far less towards the random actions.
+
 Choices here where paper and code are silent or too big for the CPU demo: actor and critics share TD3+BC's
 architecture (:class:`~safetybed.suite.common.td3_bc.TD3BCConfig`), so the comparison isolates the regulariser;
-the demo shrinks every network (below).
+the demo uses 2x64 ReLU networks for all four (actor, critics, value, VAE encoder and decoder), 6k gradient steps
+(the paper's 1M would take days here; the networks run at about 330 TD3+BC and 135 A2PR steps/s on one idle
+core), TD3+BC's action scaling to ``[-1, 1]`` (:class:`~safetybed.suite.common.td3_bc.ContinuousTransitions`)
+and ``mask = 1``. Tried while sizing (seeds 0-2, evaluation every 1k steps): on the mixed data A2PR is *behind*
+TD3+BC until about 3k steps, overtakes it by 4-5k and is at the expert's return by 6-8k, while TD3+BC stays near
+-950; on the pure data both drift down after 2-4k steps (the critics over-value actions the single expert never
+took), A2PR the more since its regulariser switches off wherever ``V`` rises above both ``Q`` values (its
+positive-advantage fraction fell to 10-20 % there).
 
 **Demo** (:func:`demo`): Pendulum swing-up (``classic/pendulum``) from datasets the testbed records
 (:func:`~safetybed.suite.common.offline_data.record_dataset`, read back from the run store): *mixed*, 70 % of
@@ -270,8 +284,8 @@ class A2PR(TD3BC):
         self.vae = build_module(lambda: ActionVAE(state_dim, action_dim, latent_dim=latent_dim, max_action=max_action,
                                                   hidden=config.vae_hidden, log_std_bounds=config.log_std_bounds),
                                 device=_CPU, generator=generator)
-        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.value_learning_rate)
-        self.vae_optimizer = torch.optim.Adam(self.vae.parameters(), lr=config.vae_learning_rate)
+        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.value_learning_rate, fused=True)
+        self.vae_optimizer = torch.optim.Adam(self.vae.parameters(), lr=config.vae_learning_rate, fused=True)
 
     def extra_update(self, batch: TransitionBatch, critic_terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms = a2pr_value_loss(batch, value=self.value, critic=self.critic, next_actions=critic_terms["next_actions"],
@@ -310,9 +324,9 @@ class _DemoSize:
     datasets: tuple[str, ...]
 
 
-_FAST = _DemoSize(steps=1500, random_episodes=14, expert_episodes=6, eval_episodes=5, hidden=(64, 64),
+_FAST = _DemoSize(steps=1200, random_episodes=14, expert_episodes=6, eval_episodes=5, hidden=(64, 64),
                   datasets=("mixed",))
-_FULL = _DemoSize(steps=8000, random_episodes=35, expert_episodes=15, eval_episodes=10, hidden=(64, 64),
+_FULL = _DemoSize(steps=6000, random_episodes=35, expert_episodes=15, eval_episodes=10, hidden=(64, 64),
                   datasets=("mixed", "pure"))
 
 
@@ -329,6 +343,16 @@ def _reference_returns(data: OfflineDataset) -> tuple[float, float]:
     """Mean episode return of the random and of the expert episodes of a mixed dataset."""
     random = np.array([c == "builtin:random" for c in data.episode_controllers])
     return float(data.episode_returns[random].mean()), float(data.episode_returns[~random].mean())
+
+
+def claim_verdict(mixed_gain: float, pure_gain: float | None) -> str:
+    """The verdict from the mean score gains of A2PR over TD3+BC: the mixed-data gain must reach ``MARGIN`` and the
+    pure-data gain must not fall below ``-MARGIN``; both: reproduced, one: partly (also when the pure dataset was
+    not run, ``pure_gain is None``, and the mixed one holds), none: not reproduced."""
+    if pure_gain is None:
+        return "partly" if mixed_gain >= MARGIN else "not reproduced"
+    held = int(mixed_gain >= MARGIN) + int(pure_gain >= -MARGIN)
+    return ("not reproduced", "partly", "reproduced")[held]
 
 
 def demo(*, fast: bool, seed: int) -> DemoResult:
@@ -366,17 +390,11 @@ def demo(*, fast: bool, seed: int) -> DemoResult:
 
     gains = {name: measure(np.subtract(scores[("a2pr", name)], scores[("td3_bc", name)]),
                            unit="fraction of (expert - random) return gap") for name in size.datasets}
-    mixed_holds = gains["mixed"].mean >= MARGIN
-    pure_holds = gains["pure"].mean >= -MARGIN if "pure" in gains else None
-    held = [mixed_holds] + ([pure_holds] if pure_holds is not None else [])
-    if all(held) and (pure_holds is not None or mixed_holds):
-        verdict = "reproduced" if pure_holds is not None else "partly"
-    else:
-        verdict = "partly" if any(held) else "not reproduced"
-    why = (f"A2PR - TD3+BC on mixed: {gains['mixed'].mean:+.3f} of the gap (needs >= {MARGIN})"
-           + (f"; on pure: {gains['pure'].mean:+.3f} (needs >= -{MARGIN})" if "pure" in gains else
+    verdict = claim_verdict(gains["mixed"].mean, gains["pure"].mean if "pure" in gains else None)
+    why = (f"A2PR - TD3+BC on mixed: {gains['mixed'].mean:+.2f} of the gap (needs >= {MARGIN})"
+           + (f"; on pure: {gains['pure'].mean:+.2f} (needs >= -{MARGIN})" if "pure" in gains else
               "; pure dataset not run in --fast")
-           + f"; {size.steps} gradient steps, {len(seeds)} seed(s)")
+           + f"; {size.steps} gradient steps, {len(seeds)} seed(s); tried 2k-10k steps, mask 1.0 only")
     measured = numbers("a2pr") | {f"{name} gain over TD3+BC": gains[name] for name in size.datasets}
     return DemoResult(
         name="a2pr",
