@@ -29,6 +29,7 @@ from safetybed.control.algorithms.replay import ReplayBuffer
 from safetybed.control.training import TrainSetup, resolve_device
 from safetybed.intervals import MeanInterval, mean_t_interval  # noqa: F401  (re-exported for the benchmark)
 from safetybed.sims import make_env
+from safetybed.sims.rollout import seeded_returns
 from safetybed.spec import ScenarioSpec
 from safetybed.spec.catalogue import load_scenario_arg
 from safetybed.spec.controller import NetworkSpec
@@ -44,17 +45,7 @@ EVAL_SEED_BASE = 10_000
 def deterministic_return(act: Callable[[np.ndarray], np.ndarray], scenario: ScenarioSpec, *,
                          episodes: int, seed_base: int = EVAL_SEED_BASE) -> float:
     """Mean return of ``act`` (one observation -> one action) over the seeded episodes ``seed_base + i``."""
-    env = make_env(scenario)
-    total = 0.0
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed_base + episode)
-        done = False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
-            total += float(reward)
-            done = terminated or truncated
-    env.close()
-    return total / episodes
+    return float(seeded_returns(act, scenario, episodes=episodes, seed_base=seed_base).mean())
 
 
 def _torch_actor(policy: torch.nn.Module, obs_norm: torch.nn.Module, device: torch.device

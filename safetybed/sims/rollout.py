@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,3 +101,24 @@ def rollout(env: Any, controller: Any, *, seed: int, index: int = 0, determinist
                          truncated=bool(truncated), min_ttc_s=min_ttc_s, min_gap_m=min_gap_m,
                          progress_m=progress_m, violations=violations,
                          wall_time_s=time.perf_counter() - started, steps=steps, decisions=decisions)
+
+
+def seeded_returns(act: Callable[[np.ndarray], Any], scenario: Any, *, episodes: int, seed_base: int) -> np.ndarray:
+    """Undiscounted returns of ``episodes`` episodes of ``scenario`` (a ScenarioSpec) driven by ``act(observation)``,
+    episode ``k`` reset with seed ``seed_base + k`` (so two policies evaluated alike meet the same start states);
+    the scenario's own episode cap ends each one."""
+    from safetybed.sims import make_env
+
+    env = make_env(scenario)
+    returns = np.zeros(episodes)
+    try:
+        for k in range(episodes):
+            obs, _ = env.reset(seed=seed_base + k)
+            done = False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(act(obs))
+                returns[k] += float(reward)
+                done = terminated or truncated
+    finally:
+        env.close()
+    return returns

@@ -430,25 +430,12 @@ def evaluate_policy(policy: CategoricalPolicy, scenario: str, *, episodes: int, 
                     greedy: bool = True) -> np.ndarray:
     """Undiscounted returns of ``episodes`` episodes of ``scenario`` (episode ``k`` reset with seed ``seed + k``;
     the scenario's own episode cap), acting greedily or by sampling ``pi``."""
-    from safetybed.sims import make_env
+    from safetybed.sims.rollout import seeded_returns
     from safetybed.spec.catalogue import load_scenario_arg
 
     if episodes < 1:
         raise ValueError(f"episodes: expected >= 1, got {episodes}")
-    spec, _ = load_scenario_arg(scenario)
-    env = make_env(spec)
     action_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-    returns = np.zeros(episodes)
-    try:
-        with torch_threads(1):
-            for k in range(episodes):
-                obs, _ = env.reset(seed=seed + k)
-                done = False
-                while not done:
-                    action = policy.act(obs, greedy=greedy, generator=action_rng)
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    returns[k] += float(reward)
-                    done = terminated or truncated
-    finally:
-        env.close()
-    return returns
+    with torch_threads(1):
+        return seeded_returns(lambda obs: policy.act(obs, greedy=greedy, generator=action_rng),
+                              load_scenario_arg(scenario)[0], episodes=episodes, seed_base=seed)

@@ -354,22 +354,9 @@ def evaluate_actor(act: Callable[[np.ndarray], np.ndarray], scenario: str, *, ep
                    seed: int) -> np.ndarray:
     """Undiscounted returns of ``episodes`` episodes of ``scenario`` driven by ``act(observation)`` (episode
     ``k`` reset with seed ``seed + k``, so two policies evaluated with one ``seed`` see the same start states)."""
-    from safetybed.sims import make_env
+    from safetybed.sims.rollout import seeded_returns
     from safetybed.spec.catalogue import load_scenario_arg
 
     require("episodes", episodes, isinstance(episodes, int) and episodes >= 1, "an integer >= 1")
-    spec, _ = load_scenario_arg(scenario)
-    env = make_env(spec)
-    returns = np.zeros(episodes)
-    try:
-        for k in range(episodes):
-            obs, _ = env.reset(seed=seed + k)
-            done = False
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(act(obs))
-                returns[k] += float(reward)
-                done = terminated or truncated
-    finally:
-        env.close()
-    return returns
+    return seeded_returns(act, load_scenario_arg(scenario)[0], episodes=episodes, seed_base=seed)
 
