@@ -475,7 +475,7 @@ def demo(*, fast: bool, seed: int, config: Config | None = None) -> DemoResult:
         for (name, options), rng in zip(methods.items(), method_rngs, strict=True):
             runs[name].append(_run_parl(world, config, rng, **options))
     # The G check draws from child 3 of the first seed, a stream no run uses.
-    check_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1 + len(methods),)))
+    check_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2 + len(methods))[-1])
     objective_check = _upper_objective_check(world, config, check_rng)
 
     key = f"queries to {config.target_fraction} (never = budget, a lower bound)"
