@@ -1026,6 +1026,9 @@ def suite_run(
     = 0,
     save: Annotated[bool, typer.Option("--save/--no-save", help="Store a full demo's result in "
                                                                 "docs/suite/results/ (for suite report).")] = True,
+    controller: Annotated[Path | None, typer.Option(
+        "--controller", help="A controller spec to run the demo on (only entries that take it; the stored result "
+                             "is the default controller's, so a run with --controller is not stored).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run one entry's demo: the paper's claimed effect against its baseline, measured, with a verdict."""
@@ -1034,8 +1037,8 @@ def suite_run(
     entry = get_entry(name)
     if not as_json:
         err.print(f"{entry.name}: {entry.title} ({entry.citation}), {'fast' if fast else 'full'} demo ...")
-    result = run_demo(entry, fast=fast, seed=seed)
-    stored = save_result(result) if save and not fast else None
+    result = run_demo(entry, fast=fast, seed=seed, controller=controller)
+    stored = save_result(result) if save and not fast and controller is None else None
     if as_json:
         emit_json(result.to_json_dict())
         return

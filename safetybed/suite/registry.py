@@ -28,11 +28,15 @@ from safetybed.intervals import MeanInterval, mean_t_interval
 from safetybed.jsonsafe import json_safe
 from safetybed.threads import torch_threads
 
-__all__ = ["DemoResult", "Measure", "SuiteEntry", "VERDICTS", "entries", "get_entry", "load_result",
+__all__ = ["DEMO_OPTIONS", "DemoResult", "Measure", "SuiteEntry", "VERDICTS", "entries", "get_entry", "load_result",
            "measure", "render_markdown", "run_demo", "save_result"]
 
 #: The three verdicts a demo may give (the issue's wording).
 VERDICTS = ("reproduced", "partly", "not reproduced")
+#: The keyword options a demo may take beyond ``fast`` and ``seed`` (``SuiteEntry.options``), with their help.
+DEMO_OPTIONS: dict[str, str] = {
+    "controller": "a controller spec (controllers/*.toml) to run the demo on instead of its default one",
+}
 #: Where full-demo results are stored, relative to the repository root.
 RESULTS_DIR = Path("docs") / "suite" / "results"
 #: Families are the sub-packages of ``safetybed.suite``; ``common`` holds toys, not entries.
@@ -138,7 +142,10 @@ class SuiteEntry:
         family: the family folder (``offline_rl``).
         module: the implementing module's dotted path.
         rule: the core rule, a reusable function or class.
-        demo: ``demo(*, fast: bool, seed: int) -> DemoResult``.
+        demo: ``demo(*, fast: bool, seed: int, **options) -> DemoResult``.
+        options: the keyword options ``demo`` takes beyond ``fast`` and ``seed`` (each defaulting to the stored
+            demo's setting), from :data:`DEMO_OPTIONS`: ``("controller",)`` for a demo that runs on any controller
+            spec (``safetybed suite run NAME --controller CTRL``).
     """
 
     name: str
@@ -148,6 +155,13 @@ class SuiteEntry:
     module: str
     rule: Callable[..., Any]
     demo: Callable[..., DemoResult]
+    options: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.options) - set(DEMO_OPTIONS))
+        if unknown:
+            raise ValueError(f"suite entry {self.name!r}: options {unknown} unknown; expected a subset of "
+                             f"{sorted(DEMO_OPTIONS)}")
 
 
 def _family_modules() -> list[str]:
@@ -187,11 +201,18 @@ def get_entry(name: str) -> SuiteEntry:
     return known[name]
 
 
-def run_demo(entry: SuiteEntry, *, fast: bool, seed: int = 0) -> DemoResult:
-    """Run ``entry``'s demo and stamp its wall time."""
+def run_demo(entry: SuiteEntry, *, fast: bool, seed: int = 0, **options: Any) -> DemoResult:
+    """Run ``entry``'s demo and stamp its wall time; ``options`` (None values dropped) must be among the entry's
+    :attr:`SuiteEntry.options`, else an :class:`InputError` names them."""
+    given = {key: value for key, value in options.items() if value is not None}
+    refused = sorted(set(given) - set(entry.options))
+    if refused:
+        allowed = ", ".join(f"--{o}" for o in entry.options) or "none"
+        raise InputError(f"suite entry {entry.name!r}: option(s) {', '.join('--' + r for r in refused)} not taken "
+                         f"by its demo; it takes: {allowed}")
     start = time.perf_counter()
     with torch_threads(1):  # small networks: one thread is faster and the numbers do not depend on the core count
-        result = entry.demo(fast=fast, seed=seed)
+        result = entry.demo(fast=fast, seed=seed, **given)
     if result.name != entry.name:
         raise ValueError(f"{entry.module}.demo returned a result named {result.name!r}, expected {entry.name!r}")
     return dataclasses.replace(result, wall_s=time.perf_counter() - start)

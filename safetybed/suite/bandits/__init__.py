@@ -1,0 +1,1 @@
+"""Bandits: contextual bandits with regression oracles (suite II)."""

@@ -1,0 +1,1 @@
+"""Diagnostics: where a trained controller breaks (suite II)."""
