@@ -1,5 +1,5 @@
-"""The suite's registry, its CLI and the catalogue page: every entry issue 17 asks for is registered, has its own
-test file and a stored full-demo result, and docs/suite.md is what ``safetybed suite report`` renders from them."""
+"""The suite's registry, its CLI and the catalogue page: every entry issues 17 and 18 ask for is registered, has its
+own test file and a stored full-demo result, and docs/suite.md is what ``safetybed suite report`` renders from them."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 #: Algorithm suite I (issue 17), by entry name.
 SUITE_I = {"traj-weighting", "odice", "policy-guided-diffusion", "hnpg", "props", "optimistic-actor-critic", "parl",
            "dichotomy-of-control", "a2pr"}
+#: Algorithm suite II (issue 18).
+SUITE_II = {"diagnose-unstable-directions", "vagram", "groove", "npg-variance-reduced", "ggtd", "martingale-pe",
+            "distributional-dp", "squarecb"}
+SUITES = SUITE_I | SUITE_II
 
 
 def _result(**changes) -> DemoResult:
@@ -53,24 +57,25 @@ def test_demo_result_round_trips_and_refuses_unknown_verdicts(tmp_path):
     assert load_result("x", root=tmp_path) == result and load_result("y", root=tmp_path) is None
 
 
-def test_every_suite_i_entry_is_registered_with_its_own_tests():
+def test_every_suite_entry_is_registered_with_its_own_tests():
     found = {entry.name: entry for entry in entries()}
-    assert SUITE_I <= set(found), f"missing entries: {sorted(SUITE_I - set(found))}"
+    assert SUITES <= set(found), f"missing entries: {sorted(SUITES - set(found))}"
     for entry in found.values():
         assert entry.name == entry.name.lower() and " " not in entry.name
         assert entry.module.startswith(f"safetybed.suite.{entry.family}.")
         assert entry.title and entry.citation and callable(entry.rule) and inspect.getdoc(entry.rule)
         parameters = inspect.signature(entry.demo).parameters
         assert {"fast", "seed"} <= set(parameters)
-        assert all(parameters[p].kind is inspect.Parameter.KEYWORD_ONLY for p in ("fast", "seed"))
+        assert all(parameters[p].kind is inspect.Parameter.KEYWORD_ONLY for p in ("fast", "seed", *entry.options))
+        assert all(parameters[p].default is None for p in entry.options), f"{entry.name}: options default to None"
         test_file = REPO / "tests" / f"test_suite_{entry.module.rsplit('.', 1)[1]}.py"
         assert test_file.exists(), f"{entry.name}: no {test_file.name}"
 
 
-def test_every_suite_i_entry_has_a_stored_full_result_and_docs_suite_md_is_current():
+def test_every_suite_entry_has_a_stored_full_result_and_docs_suite_md_is_current():
     rows = [(entry, load_result(entry.name, root=REPO)) for entry in entries()]
     for entry, result in rows:
-        if entry.name in SUITE_I:
+        if entry.name in SUITES:
             assert result is not None, f"{entry.name}: run `safetybed suite run {entry.name}`"
             assert not result.fast and result.verdict in VERDICTS and result.measured and result.why
     assert (REPO / "docs" / "suite.md").read_text() == render_markdown(rows), "run `safetybed suite report`"
@@ -80,9 +85,30 @@ def test_suite_cli_list_report_and_errors(cli, tmp_path):
     code, stdout, _ = cli("suite", "list", "--json")
     assert code == 0
     listed = {row["name"]: row for row in json.loads(stdout)}
-    assert SUITE_I <= set(listed) and all(listed[n]["verdict"] in VERDICTS for n in SUITE_I)
+    assert SUITES <= set(listed) and all(listed[n]["verdict"] in VERDICTS for n in SUITES)
     code, _, stderr = cli("suite", "run", "no-such-method", "--fast")
     assert code == 2 and "no-such-method" in stderr and "traj-weighting" in stderr
+    code, _, stderr = cli("suite", "run", "odice", "--fast", "--controller", "controllers/cartpole_ppo.toml")
+    assert code == 2 and "--controller" in stderr and "odice" in stderr
     page = tmp_path / "suite.md"
     code, _, _ = cli("suite", "report", "--out", str(page))
-    assert code == 0 and all(f"`{name}`" in page.read_text() for name in SUITE_I)
+    assert code == 0 and all(f"`{name}`" in page.read_text() for name in SUITES)
+
+
+def test_entry_options_are_checked():
+    from safetybed.errors import InputError
+    from safetybed.suite.registry import SuiteEntry, run_demo
+
+    def demo(*, fast, seed, controller=None):
+        return _result(name="probe", settings={"controller": str(controller)})
+
+    with pytest.raises(ValueError, match="unknown"):
+        SuiteEntry(name="probe", title="t", citation="c", family="f", module="m", rule=demo, demo=demo,
+                   options=("budget",))
+    plain = SuiteEntry(name="probe", title="t", citation="c", family="f", module="m", rule=demo, demo=demo)
+    with pytest.raises(InputError, match="--controller"):
+        run_demo(plain, fast=True, controller=Path("x.toml"))
+    assert run_demo(plain, fast=True, controller=None).settings == {"controller": "None"}
+    taking = SuiteEntry(name="probe", title="t", citation="c", family="f", module="m", rule=demo, demo=demo,
+                        options=("controller",))
+    assert run_demo(taking, fast=True, controller=Path("x.toml")).settings == {"controller": "x.toml"}
