@@ -1,0 +1,1 @@
+"""Staged and structured verifiable rewards: grounding boxes, temporal IoU (suite III)."""
