@@ -1,4 +1,4 @@
-"""The suite's registry, its CLI and the catalogue page: every entry issues 17 and 18 ask for is registered, has its
+"""The suite's registry, its CLI and the catalogue page: every entry issues 17, 18 and 19 ask for is registered, has its
 own test file and a stored full-demo result, and docs/suite.md is what ``safetybed suite report`` renders from them."""
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ SUITE_I = {"traj-weighting", "odice", "policy-guided-diffusion", "hnpg", "props"
 #: Algorithm suite II (issue 18).
 SUITE_II = {"diagnose-unstable-directions", "vagram", "groove", "npg-variance-reduced", "ggtd", "martingale-pe",
             "distributional-dp", "squarecb"}
-SUITES = SUITE_I | SUITE_II
+#: Algorithm suite III (issue 19).
+SUITE_III = {"remax", "difficulty-filter", "entropy-cov", "brpo", "ghpo", "one-shot-rlvr", "gvm-raft",
+             "satori-staged-rewards", "temporal-r1"}
+SUITES = SUITE_I | SUITE_II | SUITE_III
 
 
 def _result(**changes) -> DemoResult:
