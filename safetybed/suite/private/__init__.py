@@ -1,0 +1,1 @@
+"""Differentially private training: DP-SGD controllers and a privacy accountant (suite IV)."""

@@ -1,0 +1,1 @@
+"""Choosing in-context examples by policy gradient (suite IV)."""
