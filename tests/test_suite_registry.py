@@ -1,4 +1,4 @@
-"""The suite's registry, its CLI and the catalogue page: every entry issues 17, 18 and 19 ask for is registered, has its
+"""The suite's registry, its CLI and the catalogue page: every entry issues 17-20 ask for is registered, has its
 own test file and a stored full-demo result, and docs/suite.md is what ``safetybed suite report`` renders from them."""
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ SUITE_II = {"diagnose-unstable-directions", "vagram", "groove", "npg-variance-re
 #: Algorithm suite III (issue 19).
 SUITE_III = {"remax", "difficulty-filter", "entropy-cov", "brpo", "ghpo", "one-shot-rlvr", "gvm-raft",
              "satori-staged-rewards", "temporal-r1"}
-SUITES = SUITE_I | SUITE_II | SUITE_III
+#: Algorithm suite IV (issue 20).
+SUITE_IV = {"f-dpg", "copg", "nash-mp", "rpo", "onpolicy-neggrad", "tvdpp", "automate-cot", "promptpg", "rldp"}
+SUITES = SUITE_I | SUITE_II | SUITE_III | SUITE_IV
 
 
 def _result(**changes) -> DemoResult:
