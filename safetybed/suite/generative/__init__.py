@@ -1,0 +1,1 @@
+"""Generative models and solvers: diffusion guidance, deep BSDE valuation (suite V)."""
