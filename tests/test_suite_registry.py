@@ -1,4 +1,4 @@
-"""The suite's registry, its CLI and the catalogue page: every entry issues 17-20 ask for is registered, has its
+"""The suite's registry, its CLI and the catalogue page: every entry issues 17-21 ask for is registered, has its
 own test file and a stored full-demo result, and docs/suite.md is what ``safetybed suite report`` renders from them."""
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ SUITE_III = {"remax", "difficulty-filter", "entropy-cov", "brpo", "ghpo", "one-s
              "satori-staged-rewards", "temporal-r1"}
 #: Algorithm suite IV (issue 20).
 SUITE_IV = {"f-dpg", "copg", "nash-mp", "rpo", "onpolicy-neggrad", "tvdpp", "automate-cot", "promptpg", "rldp"}
-SUITES = SUITE_I | SUITE_II | SUITE_III | SUITE_IV
+#: Algorithm suite V (issue 21).
+SUITE_V = {"pada", "oomd-sea", "variance-corrected-averaging", "diff2", "fl-curriculum", "bsvrb", "adaptive-guidance",
+           "deep-xva"}
+SUITES = SUITE_I | SUITE_II | SUITE_III | SUITE_IV | SUITE_V
 
 
 def _result(**changes) -> DemoResult:
