@@ -155,7 +155,8 @@ class TinyGRUPolicy(nn.Module):
         mask[PLUS] = mask[EQUALS] = -math.inf
         self.register_buffer("logit_mask", mask)
 
-    def _logits(self, output: torch.Tensor, temperature: float) -> torch.Tensor:
+    def logits(self, output: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Vocabulary logits (``+`` and ``=`` masked to -inf) of GRU outputs ``output`` at ``temperature``."""
         return self.head(output) / temperature + self.logit_mask
 
     def token_log_probs(self, prompts: torch.Tensor, completions: torch.Tensor, *, temperature: float = 1.0
@@ -167,7 +168,7 @@ class TinyGRUPolicy(nn.Module):
         """
         inputs = torch.cat([prompts, completions[:, :-1]], dim=1)
         output, _ = self.gru(self.embed(inputs))
-        logits = self._logits(output[:, prompts.shape[1] - 1:], temperature)
+        logits = self.logits(output[:, prompts.shape[1] - 1:], temperature)
         log_probs = torch.log_softmax(logits, dim=-1)
         chosen = log_probs.gather(-1, completions[..., None]).squeeze(-1)
         probs = log_probs.exp()
@@ -185,7 +186,7 @@ class TinyGRUPolicy(nn.Module):
         last = output[:, -1]
         tokens, log_probs = [], []
         for _ in range(self.answer_len):
-            step_log_probs = torch.log_softmax(self._logits(last, temperature), dim=-1)
+            step_log_probs = torch.log_softmax(self.logits(last, temperature), dim=-1)
             if greedy:
                 token = step_log_probs.argmax(-1)
             else:

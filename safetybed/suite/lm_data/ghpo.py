@@ -109,7 +109,7 @@ def policy_continuations(policy: TinyGRUPolicy) -> ContinuationSampler:
         output, state = policy.gru(policy.embed(prefix))
         last, tokens = output[:, -1], []
         for _ in range(length):
-            probs = torch.softmax(policy._logits(last, 1.0), dim=-1)
+            probs = torch.softmax(policy.logits(last, 1.0), dim=-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             tokens.append(token)
             output, state = policy.gru(policy.embed(token[:, None]), state)

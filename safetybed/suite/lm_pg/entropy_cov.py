@@ -258,7 +258,7 @@ def _state_logits(policy: TinyGRUPolicy, prompts: torch.Tensor, completions: tor
     ``TinyGRUPolicy.token_log_probs``), for the exact first-order entropy change of Lemma 1."""
     inputs = torch.cat([prompts, completions[:, :-1]], dim=1)
     output, _ = policy.gru(policy.embed(inputs))
-    return policy._logits(output[:, prompts.shape[1] - 1:], 1.0)
+    return policy.logits(output[:, prompts.shape[1] - 1:], 1.0)
 
 
 def _first_order_entropy_change(logits_before: torch.Tensor, logits_after: torch.Tensor) -> float:

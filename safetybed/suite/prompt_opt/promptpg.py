@@ -9,7 +9,7 @@ drawn without replacement, the LLM answers, the reward is ``+1`` if correct and 
 (§3.2, Eq. 3-4) minimises ``-sum_i r_i log pi(shots_i | x_i)`` over a batch (:class:`PromptPolicy`,
 :func:`reinforce_loss`).
 
-Checked against the official code (``get_batch_reward_loss``): the pair is drawn by ``np.random.choice(...,
+Checked against the official code (``get_batch_reward_loss``): the pair is drawn by NumPy's legacy ``choice(...,
 replace=False, p=...)`` (sequential draws, renormalised after the first), but its log-probability is taken as
 ``log pi(a) + log pi(b)``, the product of the first-draw probabilities, not the probability of the drawn pair,
 ``log pi(a) + log pi(b) - log(1 - pi(a))`` (ordered). The gradient of the official surrogate is therefore not
@@ -58,7 +58,7 @@ def pair_log_probability(probabilities: torch.Tensor, shots: torch.Tensor, *, ex
 
     ``probabilities`` ``[B, C]`` (rows on the simplex), ``shots`` ``[B, S]`` candidate indices in draw order.
     ``exact``: ``sum_s log(p_{c_s} / (1 - sum_{t<s} p_{c_t}))`` (sequential renormalised draws, as
-    ``np.random.choice(replace=False, p=...)``); ``exact=False``: the official surrogate ``sum_s log p_{c_s}``."""
+    NumPy's legacy ``choice(replace=False, p=...)``); ``exact=False``: the official surrogate ``sum_s log p_{c_s}``."""
     chosen = probabilities.gather(1, shots)
     log_probability = torch.log(chosen).sum(dim=1)
     if not exact:
@@ -83,7 +83,7 @@ class PromptPolicy(nn.Module):
 
 def sample_shots(probabilities: torch.Tensor, shot_number: int, *, generator: torch.Generator) -> torch.Tensor:
     """``shot_number`` candidates per row without replacement (``torch.multinomial`` draws sequentially with
-    renormalisation, like the official ``np.random.choice(replace=False, p=...)``)."""
+    renormalisation, like the official code's legacy NumPy ``choice(replace=False, p=...)``)."""
     return torch.multinomial(probabilities.detach(), shot_number, replacement=False, generator=generator)
 
 
