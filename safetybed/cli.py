@@ -669,6 +669,11 @@ def bench_train_command(
                                                                    "(repeatable; default: all).")] = None,
     tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Run the tuning grid and the tuned rows.")] = True,
     ablation: Annotated[bool, typer.Option("--ablation/--no-ablation", help="Run the DSAC-T ablation.")] = True,
+    ablation_task: Annotated[str | None, typer.Option("--ablation-task", help="Task of the DSAC-T ablation "
+                                                                              "(default: the first --task).")] = None,
+    tuned: Annotated[list[str] | None, typer.Option("--tuned", help="SIDE:KNOB=V[,KNOB=V] (repeatable): use this "
+                                                                    "tuned point, chosen on an earlier grid, and "
+                                                                    "skip the grid.")] = None,
     learning_starts: Annotated[int, typer.Option("--learning-starts", min=1, help="Uniform-random warm-up steps "
                                                                                   "(off-policy sides).")] = 1000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Replay batch (off-policy sides).")] = 256,
@@ -707,8 +712,12 @@ def bench_train_command(
     if learning:
         protocol = Protocol(hidden=hidden_sizes, activation="relu", batch_size=batch_size,
                             learning_starts=learning_starts, device=resolve_device(device), compile=False)
+        if ablation_task is not None and ablation_task not in task_steps:
+            raise InputError(f"--ablation-task: expected one of the --task names ({', '.join(task_steps)}), "
+                             f"got {ablation_task!r}")
         plan = Plan(tasks=task_steps, sides=chosen_sides, seeds=seeds, grid_seeds=min(grid_seeds, seeds), tune=tune,
-                    tuning_task=next(iter(task_steps)), ablation=ablation)
+                    tuning_task=next(iter(task_steps)), ablation=ablation, ablation_task=ablation_task,
+                    fixed_tuned=_parse_tuned(tuned) if tuned else None)
         document["learning"] = bench_learning(plan, protocol, out_dir=out_dir, workers=jobs, progress=say)
         document["protocol"] = {"hidden": list(hidden_sizes), "activation": "relu", "batch_size": batch_size,
                                 "learning_starts": learning_starts, "device": str(protocol.device),
@@ -724,6 +733,30 @@ def bench_train_command(
     else:
         out.print(format_table(document), markup=False, highlight=False)
         out.print(f"report: {paths['html']}", markup=False)
+
+
+def _parse_tuned(entries: list[str]) -> dict[str, dict[str, float]]:
+    """``["dsac_t:learning_rate=3e-4"]`` -> ``{"dsac_t": {"learning_rate": 3e-4}}`` (checked against the sides)."""
+    from safetybed.control.bench_learning import KNOBS, SIDES
+
+    chosen: dict[str, dict[str, float]] = {}
+    for entry in entries:
+        side, _, rest = entry.partition(":")
+        if side not in SIDES:
+            raise InputError(f"--tuned {entry!r}: expected SIDE:KNOB=V[,KNOB=V] with SIDE one of "
+                             f"{', '.join(SIDES)}, got side {side!r}")
+        knobs: dict[str, float] = {}
+        for item in filter(None, rest.split(",")):
+            name, _, value = item.partition("=")
+            if name not in SIDES[side].knobs:
+                raise InputError(f"--tuned {entry!r}: {side} has the knobs {', '.join(SIDES[side].knobs)}, "
+                                 f"got {name!r} (all knobs: {', '.join(KNOBS)})")
+            try:
+                knobs[name] = float(value)
+            except ValueError:
+                raise InputError(f"--tuned {entry!r}: knob {name} needs a number, got {value!r}") from None
+        chosen[side] = knobs
+    return chosen
 
 
 def _parse_task_steps(tasks: list[str], *, default_steps: int) -> dict[str, int]:

@@ -70,3 +70,33 @@ def test_cli_runs_writes_the_report_and_refuses_bad_options(tmp_path, cli):
     assert cli("bench", "train", "--task", "classic/pendulum=ten", "--out", str(out))[0] == 2
     code, _, stderr = cli("bench", "train", "--side", "td3", "--out", str(out))
     assert code == 2 and "--side" in stderr
+
+
+def test_fixed_tuned_points_skip_the_grid_and_the_ablation_moves_to_its_task(tmp_path, cli):
+    assert side_config("dsac_t", {"delay_update": 1}, TINY, steps=500)["delay_update"] == 1
+    assert effective_knobs("dsac_t", {"delay_update": 2}) == ()  # the paper's default
+    assert effective_knobs("sb3_sac", {"delay_update": 1}) == ()  # SB3 has no such knob
+    plan = Plan(tasks={"classic/pendulum": 200, "bullet/reach": 300}, sides=("dsac_t", "sb3_sac"), seeds=2,
+                grid_seeds=1, fixed_tuned={"dsac_t": {"learning_rate": 3e-4}, "sb3_sac": {"learning_rate": 3e-4}},
+                ablation_task="bullet/reach")
+    assert plan.grid_jobs() == []
+    assert {job.task for job in plan.ablation_jobs()} == {"bullet/reach"}
+    from safetybed.control.bench_learning import choose_tuned
+
+    assert choose_tuned(plan, {}) == {"dsac_t": {"learning_rate": 3e-4}, "sb3_sac": {}}  # SB3's 3e-4 = default
+    out = tmp_path / "bench"
+    code, stdout, _ = cli("bench", "train", "--task", "classic/pendulum=120", "--seeds", "1", "--side", "dsac_t",
+                          "--tuned", "dsac_t:learning_rate=3e-4,delay_update=1", "--no-ablation", "--hidden", "8,8",
+                          "--batch-size", "16", "--learning-starts", "50", "--no-throughput", "--out", str(out))
+    assert code == 0, stdout
+    learning = json.loads((out / "bench_train.json").read_text())["learning"]
+    assert learning["tuned_fixed"] and learning["grid"] == []
+    assert learning["tuned"] == {"dsac_t": {"delay_update": 1.0, "learning_rate": 3e-4}}
+    assert {row["setting"] for row in learning["rows"]} == {"default", "tuned"}
+    for bad, field in (("td3:learning_rate=1", "side"), ("sb3_sac:delay_update=1", "knobs"),
+                       ("dsac_t:learning_rate=fast", "number")):
+        code, _, stderr = cli("bench", "train", "--task", "classic/pendulum=120", "--tuned", bad, "--out", str(out))
+        assert code == 2 and "--tuned" in stderr and field in stderr, stderr
+    code, _, stderr = cli("bench", "train", "--task", "classic/pendulum=120", "--ablation-task", "bullet/reach",
+                          "--out", str(out))
+    assert code == 2 and "--ablation-task" in stderr

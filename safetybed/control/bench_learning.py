@@ -17,7 +17,8 @@ environment step. Everything else is each side's own default unless a *knob* cha
 (:func:`side_config`): ``learning_rate`` (the networks' optimisers; DSAC-T's temperature keeps its own
 3e-4), ``init_alpha`` (the initial entropy temperature of the
 sides that learn one: DSAC-T ``init_log_alpha = log(alpha)``, SB3 ``ent_coef = "auto_<alpha>"``) and
-``reward_scale`` (DSAC-T only). A knob a side does not have is ignored for that side and listed as such.
+``reward_scale`` and ``delay_update`` (DSAC-T only: the actor, temperature and targets move every this
+many critic updates; SB3 SAC moves them every update). A knob a side does not have is ignored for that side and listed as such.
 
 **Settings.** ``default`` is every side's published defaults. ``tuned`` is, per side, the point of a small
 grid (the same grid for every side, :data:`TUNING_GRID`) with the best mean final return over the grid's
@@ -54,7 +55,7 @@ from safetybed.errors import InputError
 #: Seeds of the learning-curve episodes: after the final-evaluation seeds, shared by every side.
 CURVE_SEED_BASE = EVAL_SEED_BASE + 5_000
 #: Knobs every side understands in its own terms (see :func:`side_config`).
-KNOBS = ("learning_rate", "init_alpha", "reward_scale")
+KNOBS = ("learning_rate", "init_alpha", "reward_scale", "delay_update")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Side:
 
 
 SIDES = {side.name: side for side in (
-    Side("dsac_t", "safetybed", "dsac_t", True, ("learning_rate", "init_alpha", "reward_scale")),
+    Side("dsac_t", "safetybed", "dsac_t", True, ("learning_rate", "init_alpha", "reward_scale", "delay_update")),
     Side("mdpo_off", "safetybed", "mdpo_off", True, ("learning_rate",)),
     Side("mdpo_on", "safetybed", "mdpo_on", False, ("learning_rate",)),
     Side("sb3_sac", "sb3", "SAC", True, ("learning_rate", "init_alpha")),
@@ -88,7 +89,8 @@ ABLATION = (("paper defaults (lr 1e-4, alpha0 e)", {}),
             ("lr 3e-4 (SB3's)", {"learning_rate": 3e-4}),
             ("alpha0 1 (SB3's)", {"init_alpha": 1.0}),
             ("lr 3e-4 and alpha0 1", {"learning_rate": 3e-4, "init_alpha": 1.0}),
-            ("reward scale 0.2", {"reward_scale": 0.2}))
+            ("reward scale 0.2", {"reward_scale": 0.2}),
+            ("actor every update (delay 1, SB3's)", {"delay_update": 1}))
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def _side_defaults(side: str) -> dict[str, float]:
     config = algorithm_config_class(SIDES[side].algorithm)()
     if side == "dsac_t":
         return {"learning_rate": config.critic_learning_rate, "init_alpha": math.exp(config.init_log_alpha),
-                "reward_scale": config.reward_scale}
+                "reward_scale": config.reward_scale, "delay_update": config.delay_update}
     return {"learning_rate": config.learning_rate}
 
 
@@ -163,6 +165,8 @@ def side_config(side: str, knobs: dict[str, float], protocol: Protocol, *, steps
             out["ent_coef"] = f"auto_{alpha:g}"
     if "reward_scale" in knobs:
         out["reward_scale"] = float(knobs["reward_scale"])
+    if "delay_update" in knobs:
+        out["delay_update"] = int(knobs["delay_update"])
     return out
 
 
@@ -308,7 +312,11 @@ class Plan:
     tune: bool = True
     tuned_sides: tuple[str, ...] = ("dsac_t", "sb3_sac")
     tuning_task: str = "classic/pendulum"
+    fixed_tuned: dict[str, dict[str, float]] | None = None
+    """Per side, a tuned point chosen elsewhere (an earlier run's grid): the grid is skipped and these are used."""
     ablation: bool = True
+    ablation_task: str | None = None
+    """The task of the DSAC-T ablation (``None``: the tuning task)."""
     eval_episodes: int = 10
     curve_points: int = 10
     curve_episodes: int = 5
@@ -318,8 +326,12 @@ class Plan:
                    eval_episodes=self.eval_episodes, curve_points=self.curve_points,
                    curve_episodes=self.curve_episodes)
 
+    @property
+    def ablation_on(self) -> str:
+        return self.ablation_task or self.tuning_task
+
     def grid_jobs(self) -> list[Job]:
-        if not self.tune:
+        if not self.tune or self.fixed_tuned is not None:
             return []
         return [self.job(self.tuning_task, side, seed, point) for side in self.tuned_sides if side in self.sides
                 for point in TUNING_GRID for seed in range(self.grid_seeds)]
@@ -327,7 +339,7 @@ class Plan:
     def ablation_jobs(self) -> list[Job]:
         if not self.ablation or "dsac_t" not in self.sides:
             return []
-        return [self.job(self.tuning_task, "dsac_t", seed, knobs) for _, knobs in ABLATION
+        return [self.job(self.ablation_on, "dsac_t", seed, knobs) for _, knobs in ABLATION
                 for seed in range(self.grid_seeds)]
 
     def default_jobs(self) -> list[Job]:
@@ -344,6 +356,9 @@ def choose_tuned(plan: Plan, results: dict[str, dict[str, Any]]) -> dict[str, di
     chosen: dict[str, dict[str, float]] = {}
     if not plan.tune:
         return chosen
+    if plan.fixed_tuned is not None:
+        return {side: dict(effective_knobs(side, knobs)) for side, knobs in plan.fixed_tuned.items()
+                if side in plan.sides}
     for side in plan.tuned_sides:
         if side not in plan.sides:
             continue
@@ -406,14 +421,15 @@ def analyse(plan: Plan, results: dict[str, dict[str, Any]], chosen: dict[str, di
                                      "verdict": _matches(by_side.get(ours), by_side.get(theirs))})
     grid = [{"side": side, "knobs": dict(effective_knobs(side, point)), "point": point,
              "summary": _summary(results, [plan.job(plan.tuning_task, side, s, point) for s in range(plan.grid_seeds)])}
-            for side in plan.tuned_sides if side in plan.sides for point in TUNING_GRID] if plan.tune else []
+            for side in plan.tuned_sides if side in plan.sides for point in TUNING_GRID] if plan.grid_jobs() else []
     ablation = [{"label": label, "knobs": knobs,
-                 "summary": _summary(results, [plan.job(plan.tuning_task, "dsac_t", s, knobs)
+                 "summary": _summary(results, [plan.job(plan.ablation_on, "dsac_t", s, knobs)
                                                for s in range(plan.grid_seeds)])}
                 for label, knobs in ABLATION] if plan.ablation and "dsac_t" in plan.sides else []
     return {"tasks": plan.tasks, "sides": list(plan.sides), "seeds": plan.seeds, "grid_seeds": plan.grid_seeds,
             "tuned_sides": [side for side in plan.tuned_sides if side in plan.sides], "tuning_task": plan.tuning_task,
-            "tuning_grid": list(TUNING_GRID), "tuned": chosen, "rows": rows, "verdicts": verdicts, "grid": grid,
+            "tuning_grid": list(TUNING_GRID), "tuned": chosen, "tuned_fixed": plan.fixed_tuned is not None,
+            "ablation_task": plan.ablation_on, "rows": rows, "verdicts": verdicts, "grid": grid,
             "ablation": ablation, "eval_episodes": plan.eval_episodes, "eval_seed_base": EVAL_SEED_BASE,
             "curve_seed_base": CURVE_SEED_BASE}
 

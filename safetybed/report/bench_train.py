@@ -68,11 +68,15 @@ def render_bench_train_html(document: dict[str, Any]) -> str:
                                  _ci(g["summary"]), (g["summary"] or {}).get("n", 0)] for g in learning["grid"]],
                                caption=f"Tuning grid on {learning['tuning_task']}; tuned = the best mean per side: "
                                        f"{json.dumps(learning['tuned'])}."))
+        elif learning.get("tuned_fixed"):
+            parts.append(f"<p>Tuned points given with <code>--tuned</code> (chosen on an earlier run's grid, not "
+                         f"re-tuned here): {escape(json.dumps(learning['tuned']))}.</p>")
         if learning["ablation"]:
             parts.append(table("ablation", ["DSAC-T variant", "knobs", "final return [95 % CI]", "seeds"],
                                [[a["label"], json.dumps(a["knobs"]), _ci(a["summary"]),
                                  (a["summary"] or {}).get("n", 0)] for a in learning["ablation"]],
-                               caption=f"One change at a time from the paper's defaults, on {learning['tuning_task']}."))
+                               caption=f"One change at a time from the paper's defaults, on "
+                                       f"{learning.get('ablation_task', learning['tuning_task'])}."))
     throughput = document.get("throughput") or []
     if throughput:
         rows = []
