@@ -100,3 +100,15 @@ def test_fixed_tuned_points_skip_the_grid_and_the_ablation_moves_to_its_task(tmp
     code, _, stderr = cli("bench", "train", "--task", "classic/pendulum=120", "--ablation-task", "bullet/reach",
                           "--out", str(out))
     assert code == 2 and "--ablation-task" in stderr
+
+
+def test_throughput_measures_every_side_in_one_run_and_formats_ratios():
+    from safetybed.control.bench_train import OURS_THROUGHPUT, bench_throughput, format_table
+
+    result = bench_throughput(tasks=["classic/pendulum"], device="cpu", compile=False, batch_size=16, hidden=(8, 8),
+                              throughput_steps=40, throughput_updates=3, repeats=1)
+    (row,) = result["throughput"]
+    assert set(row["medians"]) == {*OURS_THROUGHPUT, "sb3_sac"} and "dsac_t_fused" in OURS_THROUGHPUT
+    for name in OURS_THROUGHPUT:  # rates are reported, never asserted: only that they are real numbers
+        assert row[f"{name}_vs_sb3_updates_per_s"] > 0 and math.isfinite(row[f"{name}_vs_sb3_env_steps_per_s"])
+    assert "dsac_t_fused" in format_table(result)

@@ -345,12 +345,62 @@ def test_update_runs_on_cuda():
     generator.manual_seed(0)
     init = torch.Generator()
     init.manual_seed(1)
-    agent = dsac_t.DSACT(ARCH, dsac_t.Config(), device=torch.device("cuda"), generator=generator,
-                         init_generator=init)
     batch = Batch(*(tensor.cuda() for tensor in make_batch()))
-    for _ in range(3):
-        terms = agent.update(batch)
-    assert all(value.device.type == "cuda" and torch.isfinite(value) for value in terms.values())
+    for fused in (False, True):
+        agent = dsac_t.DSACT(ARCH, dsac_t.Config(fused_critics=fused), device=torch.device("cuda"),
+                             generator=generator, init_generator=init)
+        for _ in range(3):
+            terms = agent.update(batch)
+        assert all(value.device.type == "cuda" and torch.isfinite(value) for value in terms.values())
+
+
+# -- (g) fused twin critics: the same algorithm, one batched matmul per layer ---------------------------------------
+def fused_pair(dtype: torch.dtype = torch.float64) -> tuple[dsac_t.DSACT, dsac_t.DSACT]:
+    separate, fused = make_agent(dtype=dtype), make_agent(fused_critics=True)
+    if dtype != torch.float32:
+        for module in (fused.actor, fused.actor_target, fused.twin, fused.twin_target):
+            module.to(dtype)
+    return separate, fused
+
+
+def test_fused_critics_start_equal_and_update_like_two_separate_critics():
+    separate, fused = fused_pair()
+    for index, critic in enumerate((separate.critic1, separate.critic2)):
+        linears = [layer for layer in critic.net if isinstance(layer, torch.nn.Linear)]
+        for layer, weight, bias in zip(linears, fused.twin.weights, fused.twin.biases, strict=True):
+            assert torch.equal(weight[index], layer.weight.T) and torch.equal(bias[index, 0], layer.bias)
+    batches = [make_batch(seed, dtype=torch.float64) for seed in range(5)]
+    for batch in batches:  # five iterations: delayed actor, temperature and target updates included
+        a, b = separate.update(batch), fused.update(batch)
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.allclose(a[name], b[name], rtol=1e-9, atol=1e-12), name
+    obs, action = batches[0].obs, batches[0].action
+    for which in ("online", "target"):
+        (q_a, _), (s_a, _) = separate._distributions(which, obs, action)
+        (q_b, _), (s_b, _) = fused._distributions(which, obs, action)
+        assert torch.allclose(q_a, q_b, rtol=1e-9, atol=1e-12) and torch.allclose(s_a, s_b, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(flat(separate.actor), flat(fused.actor), rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(flat(separate.actor), flat(make_agent(dtype=torch.float64).actor))  # it moved
+
+
+def test_fused_critic_losses_reach_only_their_own_member():
+    _, fused = fused_pair(torch.float32)
+    batch = make_batch()
+    for params in (*fused.twin.parameters(), *fused.twin_target.parameters()):
+        params.requires_grad_(True)
+    for term, member in (("loss_critic_1", 0), ("loss_critic_2", 1)):
+        fused.twin.zero_grad(set_to_none=True)
+        fused.twin_target.zero_grad(set_to_none=True)
+        fused.critic_loss(batch)[term].backward()
+        for weight in fused.twin.weights:
+            assert weight.grad[member].abs().sum() > 0 and weight.grad[1 - member].abs().sum() == 0
+        assert all(p.grad is None for p in fused.twin_target.parameters())
+    fused.twin.zero_grad(set_to_none=True)
+    fused.actor_loss(batch.obs)["loss_actor"].backward()
+    assert all(p.grad is None for p in fused.twin.parameters())  # frozen while the actor learns
+    with pytest.raises(ValueError, match=r"expected \[batch, dim\]"):
+        fused.twin(torch.zeros(2, 3, OBS_DIM), torch.zeros(2, 3, ACT_DIM))
 
 
 # -- bench statistics ------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ The learning half (equal budgets, defaults and a tuned row, curves, the DSAC-T a
 seeded deterministic evaluation, the Student-t interval) and the throughput measurement: environment
 steps per second of the whole training loop at one gradient update per environment step (warm-up and
 set-up included, evaluation excluded), and gradient updates per second on a filled replay buffer, for
-DSAC-T, our SAC and SB3 SAC with the same batch size and network sizes, medians over ``repeats``,
+DSAC-T (separate and fused twin critics), our SAC and SB3 SAC with the same batch size and network sizes, medians over ``repeats``,
 ratios ours / SB3, all measured in the same run so that machine noise hits every side alike. SB3 trains
 on gymnasium's ``Pendulum-v1`` for ``classic/pendulum`` (same dynamics, reward and 200-step limit) and on
 the safetybed env itself for every other task. Timings are never asserted anywhere; they are reported.
@@ -37,6 +37,8 @@ from safetybed.spec.controller import NetworkSpec
 DEFAULT_TASKS = ("classic/pendulum", "bullet/reach")
 #: Gymnasium id SB3 trains on for a scenario, when it is not the safetybed env itself.
 SB3_GYM_IDS = {"classic/pendulum": "Pendulum-v1"}
+#: Our sides of the throughput comparison: DSAC-T with separate and with fused twin critics, and our SAC.
+OURS_THROUGHPUT = ("dsac_t", "dsac_t_fused", "sac")
 #: Seeds of the evaluation episodes, shared by every policy (disjoint from training seeds by construction).
 EVAL_SEED_BASE = 10_000
 
@@ -83,8 +85,8 @@ def _ours_setup(scenario: ScenarioSpec, protocol: Protocol, *, steps: int, seed:
 def _ours_config(algorithm: str, protocol: Protocol, *, steps: int) -> Any:
     common = {"learning_starts": protocol.learning_starts, "env_steps_per_round": 1, "updates_per_round": 1,
               "batch_size": protocol.batch_size, "buffer_size": max(steps, 1)}
-    if algorithm == "dsac_t":
-        return dsac_t.Config(**common, compile=protocol.compile)
+    if algorithm in ("dsac_t", "dsac_t_fused"):
+        return dsac_t.Config(**common, compile=protocol.compile, fused_critics=algorithm == "dsac_t_fused")
     return sac.Config(**common)
 
 
@@ -132,7 +134,7 @@ def _sync(device: torch.device) -> None:
 def _loop_rate_ours(algorithm: str, scenario: ScenarioSpec, protocol: Protocol, *, steps: int,
                     warmup: int) -> float:
     """Environment steps/s of the whole training loop, set-up included, final evaluation excluded."""
-    module = dsac_t if algorithm == "dsac_t" else sac
+    module = sac if algorithm == "sac" else dsac_t
     setup = _ours_setup(scenario, protocol, steps=steps, seed=0)
     config = dataclasses.replace(_ours_config(algorithm, protocol, steps=steps), learning_starts=warmup)
     module.train(setup, config)
@@ -169,7 +171,7 @@ def _update_rate_ours(algorithm: str, scenario: ScenarioSpec, protocol: Protocol
     config = _ours_config(algorithm, protocol, steps=len(transitions[0]))
     arch_kwargs = {"log_std_min": config.log_std_min, "log_std_max": config.log_std_max}
     arch = setup.policy_arch("tanh_gaussian", **arch_kwargs)
-    agent_cls = dsac_t.DSACT if algorithm == "dsac_t" else sac.SAC
+    agent_cls = sac.SAC if algorithm == "sac" else dsac_t.DSACT
     agent = agent_cls(arch, config, device=setup.device, generator=setup.generator, init_generator=setup.cpu_generator)
     buffer = ReplayBuffer(capacity=len(transitions[0]), obs_dim=arch.obs_dim, act_dim=arch.act_dim,
                           device=setup.device)
@@ -231,10 +233,10 @@ def bench_throughput(*, tasks: list[str], device: str, compile: bool, batch_size
         warmup = batch_size
         transitions = _random_transitions(scenario, max(throughput_steps, batch_size), seed=0)
         rates: dict[str, dict[str, list[float]]] = {name: {"env_steps_per_s": [], "updates_per_s": []}
-                                                   for name in ("dsac_t", "sac", "sb3_sac")}
+                                                   for name in (*OURS_THROUGHPUT, "sb3_sac")}
         for repeat in range(repeats):
             say(f"throughput {task}: repeat {repeat + 1}/{repeats}")
-            for name in ("dsac_t", "sac"):
+            for name in OURS_THROUGHPUT:
                 rates[name]["env_steps_per_s"].append(
                     _loop_rate_ours(name, scenario, protocol, steps=throughput_steps, warmup=warmup))
                 rate, note = _update_rate_ours(name, scenario, protocol, updates=throughput_updates,
@@ -250,7 +252,7 @@ def bench_throughput(*, tasks: list[str], device: str, compile: bool, batch_size
                    for name, rate in rates.items()}
         row: dict[str, Any] = {"task": task, "steps": throughput_steps, "updates": throughput_updates,
                                "repeats": repeats, "medians": medians, "samples": rates}
-        for name in ("dsac_t", "sac"):
+        for name in OURS_THROUGHPUT:
             for key in ("env_steps_per_s", "updates_per_s"):
                 row[f"{name}_vs_sb3_{key}"] = medians[name][key] / medians["sb3_sac"][key]
         throughput_rows.append(row)
@@ -280,17 +282,17 @@ def format_table(result: dict[str, Any]) -> str:
                          f"{verdict['verdict']}")
         for entry in learning["ablation"]:
             summary = entry["summary"]
-            lines.append(f"ablation (DSAC-T, {learning['tuning_task']}): {entry['label']}: {_interval_text(summary)} "
+            lines.append(f"ablation (DSAC-T, {learning.get('ablation_task', learning['tuning_task'])}): {entry['label']}: {_interval_text(summary)} "
                          f"(n={(summary or {}).get('n', 0)})")
     if result.get("throughput"):
         lines.append("throughput: medians; ratio = ours / SB3 SAC")
-        lines.append(f"{'task':<18}{'side':<9}{'env steps/s':>13}{'ratio':>8}{'updates/s':>12}{'ratio':>8}")
+        lines.append(f"{'task':<18}{'side':<13}{'env steps/s':>13}{'ratio':>8}{'updates/s':>12}{'ratio':>8}")
         for row in result["throughput"]:
             medians = row["medians"]
-            for name in ("dsac_t", "sac", "sb3_sac"):
+            for name in (*OURS_THROUGHPUT, "sb3_sac"):
                 env_ratio = medians[name]["env_steps_per_s"] / medians["sb3_sac"]["env_steps_per_s"]
                 update_ratio = medians[name]["updates_per_s"] / medians["sb3_sac"]["updates_per_s"]
-                lines.append(f"{row['task']:<18}{name:<9}{medians[name]['env_steps_per_s']:>13.1f}{env_ratio:>8.2f}"
+                lines.append(f"{row['task']:<18}{name:<13}{medians[name]['env_steps_per_s']:>13.1f}{env_ratio:>8.2f}"
                              f"{medians[name]['updates_per_s']:>12.1f}{update_ratio:>8.2f}")
     lines.extend(f"note: {note}" for note in result.get("notes", []))
     return "\n".join(lines)

@@ -215,6 +215,58 @@ class QNetwork(nn.Module):
         return self.net(torch.cat([obs, action], dim=-1))
 
 
+class TwinQNetwork(nn.Module):
+    """Two :class:`QNetwork` critics evaluated together: one batched matmul per layer for both.
+
+    Layer ``l`` holds ``weight_l`` ``[2, in, out]`` and ``bias_l`` ``[2, 1, out]``; member ``i`` is critic ``i``.
+    ``forward(obs, action)`` returns ``[2, batch, outputs]``. The arithmetic is that of two separate critics
+    (``x W_i^T + b_i`` per layer), so :meth:`from_pair` of two critics gives the same outputs up to float
+    rounding, while a GPU launches one kernel per layer instead of two (Adam, Polyak averaging and the
+    optimiser's bookkeeping likewise see half as many tensors).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, *, hidden: tuple[int, ...], activation: Activation,
+                 outputs: int = 1):
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        sizes = (obs_dim + act_dim, *hidden, outputs)
+        self.weights = nn.ParameterList(nn.Parameter(torch.zeros(2, a, b)) for a, b in zip(sizes[:-1], sizes[1:],
+                                                                                             strict=True))
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(2, 1, b)) for b in sizes[1:])
+        self.activation = _ACTIVATIONS[activation]()
+
+    @classmethod
+    def from_pair(cls, first: QNetwork, second: QNetwork) -> TwinQNetwork:
+        """The twin whose members are copies of ``first`` and ``second`` (same architecture, dtype, device)."""
+        linears = [[layer for layer in critic.net if isinstance(layer, nn.Linear)] for critic in (first, second)]
+        sizes = [layer.in_features for layer in linears[0]] + [linears[0][-1].out_features]
+        activations = {type(layer) for layer in first.net if not isinstance(layer, nn.Linear)}
+        names = [name for name, kind in _ACTIVATIONS.items() if {kind} == activations]
+        twin = cls(sizes[0], 0, hidden=tuple(sizes[1:-1]), activation=names[0] if names else "relu",
+                   outputs=sizes[-1])
+        reference = linears[0][0].weight
+        twin.to(device=reference.device, dtype=reference.dtype)
+        with torch.no_grad():
+            for index, (weight, bias) in enumerate(zip(twin.weights, twin.biases, strict=True)):
+                for member in (0, 1):
+                    weight[member].copy_(linears[member][index].weight.T)
+                    bias[member, 0].copy_(linears[member][index].bias)
+        return twin
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([obs, action], dim=-1)
+        if features.dim() != 2:
+            raise ValueError(f"obs, action: expected [batch, dim] tensors, got {tuple(features.shape)}")
+        x = features.expand(2, *features.shape)
+        last = len(self.weights) - 1
+        for index, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.baddbmm(bias, x, weight)  # both members in one batched matmul
+            if index < last:
+                x = self.activation(x)
+        return x
+
+
 class ValueNetwork(nn.Module):
     """``V(s)``."""
 

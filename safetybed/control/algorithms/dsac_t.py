@@ -50,7 +50,7 @@ from safetybed.control.algorithms.common import (
 )
 from safetybed.control.algorithms.offpolicy import SoftActorCritic, check_soft_actor_critic, train_off_policy
 from safetybed.control.algorithms.replay import Batch
-from safetybed.control.networks import PolicyArch
+from safetybed.control.networks import PolicyArch, TwinQNetwork
 from safetybed.control.training import TrainResult, TrainSetup
 
 #: Names of the terms ``update`` returns (see its docstring for when each is present).
@@ -108,6 +108,12 @@ class Config:
     """Lower clamp of the policy's log-std."""
     log_std_max: float = 0.5
     """Upper clamp of the policy's log-std (DSAC-T code: 0.5)."""
+    fused_critics: bool = False
+    """Hold both critics (and both target critics) in one :class:`~safetybed.control.networks.TwinQNetwork`, so
+    each layer is one batched matmul for both. Same initial weights and, up to float rounding, the same updates
+    as two separate critics (tested); fewer kernel launches, which is what limits small networks on a GPU.
+    Off by default: it changes the float rounding of every update, and its speed-up was measured on CPU only
+    (``safetybed bench train --no-learning`` reports both; no GPU was available to this work)."""
     compile: bool = False
     """Run the critics through ``torch.compile`` (falls back to eager, with a note, if compilation fails).
 
@@ -119,7 +125,7 @@ class Config:
         require_positive(self, ("epsilon", "clip_xi", "z_clamp"))
         require("tau_b", self.tau_b, 0 < self.tau_b <= 1, "in (0, 1]")
         require_integers(self, ("delay_update",))
-        require_flags(self, ("compile",))
+        require_flags(self, ("compile", "fused_critics"))
 
 
 # -- the agent -------------------------------------------------------------------------------------------------
@@ -143,8 +149,17 @@ class DSACT(SoftActorCritic):
         self.b_bar = torch.zeros(2, device=self.device)
         self.b_bar_initialised = False
         self.compile_note: str | None = None
-        self._critics = {"critic1": self.critic1, "critic2": self.critic2,
-                         "critic1_target": self.critic1_target, "critic2_target": self.critic2_target}
+        if config.fused_critics:
+            # The separate critics built above fix the initial weights (same draws as unfused); the twin copies
+            # them and replaces them, and the critic optimiser (no steps taken yet) moves to the twin.
+            self.twin = TwinQNetwork.from_pair(self.critic1, self.critic2)
+            self.twin_target = TwinQNetwork.from_pair(self.critic1_target, self.critic2_target).requires_grad_(False)
+            del self.critic1, self.critic2, self.critic1_target, self.critic2_target
+            self.critic_optimizer = torch.optim.Adam(self.twin.parameters(), lr=config.critic_learning_rate)
+            self._critics: dict[str, torch.nn.Module] = {"online": self.twin, "target": self.twin_target}
+        else:
+            self._critics = {"critic1": self.critic1, "critic2": self.critic2,
+                             "critic1_target": self.critic1_target, "critic2_target": self.critic2_target}
         if config.compile:
             self._compile_critics(arch)
 
@@ -165,14 +180,22 @@ class DSACT(SoftActorCritic):
         self._critics = compiled
         self.compile_note = "critics compiled with torch.compile"
 
-    def _distribution(self, name: str, obs: torch.Tensor, action: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean ``Q`` and standard deviation ``sigma = softplus(raw)`` of critic ``name``."""
-        out = self._critics[name](obs, action)
-        return out[..., 0], F.softplus(out[..., 1])
+    def _distributions(self, which: str, obs: torch.Tensor, action: torch.Tensor
+                       ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``((Q_1, Q_2), (sigma_1, sigma_2))`` of the ``"online"`` or ``"target"`` critics, ``sigma = softplus(raw)``."""
+        if self.config.fused_critics:
+            first, second = self._critics[which](obs, action).unbind(0)
+        else:
+            suffix = "_target" if which == "target" else ""
+            first = self._critics[f"critic1{suffix}"](obs, action)
+            second = self._critics[f"critic2{suffix}"](obs, action)
+        return (first[..., 0], second[..., 0]), (F.softplus(first[..., 1]), F.softplus(second[..., 1]))
+
+    def online_critics(self) -> tuple[torch.nn.Module, ...]:
+        return (self.twin,) if self.config.fused_critics else (self.critic1, self.critic2)
 
     def critic_means(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._critics["critic1"](obs, action)[..., 0], self._critics["critic2"](obs, action)[..., 0]
+        return self._distributions("online", obs, action)[0]
 
     # -- losses ------------------------------------------------------------------------------------------------
     def critic_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -187,8 +210,8 @@ class DSACT(SoftActorCritic):
         with torch.no_grad():
             # The next action comes from the *target* policy (Duan et al. 2025; DSAC-T code, centaur_dsac §2.2).
             next_action, next_log_prob = self.actor_target.sample(batch.next_obs, generator=self.generator)
-            next_mean_1, next_std_1 = self._distribution("critic1_target", batch.next_obs, next_action)
-            next_mean_2, next_std_2 = self._distribution("critic2_target", batch.next_obs, next_action)
+            (next_mean_1, next_mean_2), (next_std_1, next_std_2) = self._distributions(
+                "target", batch.next_obs, next_action)
             z_hat_1 = self._standard_normal(next_mean_1).clamp(-cfg.z_clamp, cfg.z_clamp)
             z_hat_2 = self._standard_normal(next_mean_2).clamp(-cfg.z_clamp, cfg.z_clamp)
             next_sample_1 = next_mean_1 + z_hat_1 * next_std_1  # Z_hat_i ~ N(Q_bar_i, sigma_bar_i^2)
@@ -202,8 +225,7 @@ class DSACT(SoftActorCritic):
             target_mean = reward + bootstrap * (next_mean - alpha * next_log_prob)
             target_sample = reward + bootstrap * (next_sample - alpha * next_log_prob)
 
-        mean_1, std_1 = self._distribution("critic1", batch.obs, batch.action)
-        mean_2, std_2 = self._distribution("critic2", batch.obs, batch.action)
+        (mean_1, mean_2), (std_1, std_2) = self._distributions("online", batch.obs, batch.action)
         self._update_b_bar(torch.stack([std_1.detach().mean(), std_2.detach().mean()]))
         loss_1 = self.variance_adjusted_loss(mean_1, std_1, target_mean, target_sample, self.b_bar[0])
         loss_2 = self.variance_adjusted_loss(mean_2, std_2, target_mean, target_sample, self.b_bar[1])
@@ -257,8 +279,11 @@ class DSACT(SoftActorCritic):
 
         if self.iteration % cfg.delay_update == 0:  # delayed policy / temperature / target updates
             terms.update(self.update_actor_and_alpha(batch.obs))  # on the freshly updated critics
-            polyak_(self.critic1_target, self.critic1, cfg.tau)
-            polyak_(self.critic2_target, self.critic2, cfg.tau)
+            if cfg.fused_critics:
+                polyak_(self.twin_target, self.twin, cfg.tau)
+            else:
+                polyak_(self.critic1_target, self.critic1, cfg.tau)
+                polyak_(self.critic2_target, self.critic2, cfg.tau)
             polyak_(self.actor_target, self.actor, cfg.tau)
         self.iteration += 1
         terms["alpha"] = self.alpha

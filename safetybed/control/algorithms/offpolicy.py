@@ -221,12 +221,16 @@ class SoftActorCritic:
         """``(Q_1(s, a), Q_2(s, a))`` of the online critics (DSAC-T: the means of the return distributions)."""
         raise NotImplementedError
 
+    def online_critics(self) -> tuple[torch.nn.Module, ...]:
+        """The modules holding the online critics' parameters (frozen while the actor loss is computed)."""
+        return (self.critic1, self.critic2)
+
     # -- losses ------------------------------------------------------------------------------------------------
     def actor_loss(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """``E[alpha log pi(a~|s) - min_i Q_i(s, a~)]`` with ``a~`` reparameterised and the critics frozen
         (Haarnoja et al. 2018, §4.2; the minimum of the twins, as in the target)."""
         action, log_prob = self.actor.sample(obs, generator=self.generator)
-        with frozen(self.critic1, self.critic2):
+        with frozen(*self.online_critics()):
             q_1, q_2 = self.critic_means(obs, action)
         loss = (self.alpha * log_prob - torch.minimum(q_1, q_2)).mean()
         return {"loss_actor": loss, "log_prob": log_prob.detach(), "entropy": -log_prob.detach().mean()}
