@@ -340,7 +340,7 @@ def test_controller_spec_builds_the_config():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_update_runs_on_cuda():
+def test_update_runs_on_cuda_without_a_host_sync():
     generator = torch.Generator(device="cuda")
     generator.manual_seed(0)
     init = torch.Generator()
@@ -349,8 +349,13 @@ def test_update_runs_on_cuda():
     for fused in (False, True):
         agent = dsac_t.DSACT(ARCH, dsac_t.Config(fused_critics=fused), device=torch.device("cuda"),
                              generator=generator, init_generator=init)
-        for _ in range(3):
-            terms = agent.update(batch)
+        agent.update(batch)  # the first update initialises b_bar and the optimisers' state
+        torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation inside an update raises
+        try:
+            for _ in range(3):
+                terms = agent.update(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
         assert all(value.device.type == "cuda" and torch.isfinite(value) for value in terms.values())
 
 
