@@ -287,6 +287,16 @@ def test_targets_and_target_policy_move_only_on_delayed_steps():
     assert all(not value.requires_grad for value in terms.values())
 
 
+def test_target_policy_off_bootstraps_with_the_online_policy():
+    batch = make_batch()
+    online, paper, copied = (make_agent(target_policy=flag) for flag in (False, True, True))
+    for agent in (online, paper, copied):
+        desynchronise(agent)  # the online actor moves away from the target policy
+    copied.actor_target.load_state_dict(copied.actor.state_dict())
+    targets = [agent.critic_loss(batch)["target_q_mean"] for agent in (online, paper, copied)]
+    assert torch.equal(targets[0], targets[2]) and not torch.equal(targets[0], targets[1])
+
+
 def test_config_errors_name_field_expected_and_given():
     with pytest.raises(ValueError, match=r"tau_b: expected in \(0, 1\], got 0"):
         dsac_t.Config(tau_b=0)

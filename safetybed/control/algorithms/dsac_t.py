@@ -108,6 +108,10 @@ class Config:
     """Lower clamp of the policy's log-std."""
     log_std_max: float = 0.5
     """Upper clamp of the policy's log-std (DSAC-T code: 0.5)."""
+    target_policy: bool = True
+    """Draw the next action of the critic target from the Polyak-averaged *target policy* (the paper and the
+    official code); ``False`` draws it from the online policy, as SAC does (an ablation: ``safetybed bench train``'s
+    ``target_policy`` knob)."""
     fused_critics: bool = False
     """Hold both critics (and both target critics) in one :class:`~safetybed.control.networks.TwinQNetwork`, so
     each layer is one batched matmul for both. Same initial weights and, up to float rounding, the same updates
@@ -125,7 +129,7 @@ class Config:
         require_positive(self, ("epsilon", "clip_xi", "z_clamp"))
         require("tau_b", self.tau_b, 0 < self.tau_b <= 1, "in (0, 1]")
         require_integers(self, ("delay_update",))
-        require_flags(self, ("compile", "fused_critics"))
+        require_flags(self, ("compile", "fused_critics", "target_policy"))
 
 
 # -- the agent -------------------------------------------------------------------------------------------------
@@ -209,7 +213,8 @@ class DSACT(SoftActorCritic):
         alpha = self.alpha
         with torch.no_grad():
             # The next action comes from the *target* policy (Duan et al. 2025; DSAC-T code, centaur_dsac §2.2).
-            next_action, next_log_prob = self.actor_target.sample(batch.next_obs, generator=self.generator)
+            next_policy = self.actor_target if cfg.target_policy else self.actor
+            next_action, next_log_prob = next_policy.sample(batch.next_obs, generator=self.generator)
             (next_mean_1, next_mean_2), (next_std_1, next_std_2) = self._distributions(
                 "target", batch.next_obs, next_action)
             z_hat_1 = self._standard_normal(next_mean_1).clamp(-cfg.z_clamp, cfg.z_clamp)
