@@ -53,6 +53,19 @@ def test_train_runs_on_a_tiny_budget(cli, tmp_path, spec):
     assert (tmp_path / "training_log.csv").read_text().startswith("env_steps")
 
 
+def test_train_threads_option_sets_and_restores_torch_threads(cli, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    code, stdout, stderr = cli("train", str(SPECS[0]), "--steps", "64", "--device", "cpu", "--threads", str(wanted),
+                               "--out", str(tmp_path), "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["torch_threads"] == wanted and torch.get_num_threads() == before
+    code, _, stderr = cli("train", str(SPECS[0]), "--threads", "0", "--out", str(tmp_path / "zero"))
+    assert code == 2 and "--threads" in stderr
+
+
 @pytest.mark.parametrize("spec", SHIPPED, ids=[spec.stem for spec in SHIPPED])
 def test_shipped_weights_act_through_the_runner(cli, tmp_path, spec):
     loaded = load_controller_spec(spec)
