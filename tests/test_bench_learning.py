@@ -75,6 +75,8 @@ def test_cli_runs_writes_the_report_and_refuses_bad_options(tmp_path, cli):
 def test_fixed_tuned_points_skip_the_grid_and_the_ablation_moves_to_its_task(tmp_path, cli):
     assert side_config("dsac_t", {"delay_update": 1}, TINY, steps=500)["delay_update"] == 1
     assert side_config("dsac_t", {"target_policy": 0.0}, TINY, steps=500)["target_policy"] is False
+    assert side_config("dsac_t", {"log_std_max": 2.0}, TINY, steps=500)["log_std_max"] == 2.0
+    assert effective_knobs("dsac_t", {"log_std_max": 0.5}) == ()  # the DSAC-T code's ceiling is the default
     assert effective_knobs("dsac_t", {"delay_update": 2}) == ()  # the paper's default
     assert effective_knobs("sb3_sac", {"delay_update": 1}) == ()  # SB3 has no such knob
     plan = Plan(tasks={"classic/pendulum": 200, "bullet/reach": 300}, sides=("dsac_t", "sb3_sac"), seeds=2,

@@ -19,7 +19,8 @@ environment step. Everything else is each side's own default unless a *knob* cha
 sides that learn one: DSAC-T ``init_log_alpha = log(alpha)``, SB3 ``ent_coef = "auto_<alpha>"``) and
 ``reward_scale`` and ``delay_update`` (DSAC-T only: the actor, temperature and targets move every this
 many critic updates; SB3 SAC moves them every update) and ``target_policy`` (DSAC-T only: 1 draws the critic
-target's next action from the target policy, as the paper; 0 from the online policy, as SAC). A knob a side does not have is ignored for that side and listed as such.
+target's next action from the target policy, as the paper; 0 from the online policy, as SAC) and ``log_std_max``
+(DSAC-T only: the policy's log-std ceiling, 0.5 in the DSAC-T code, 2 in SB3). A knob a side does not have is ignored for that side and listed as such.
 
 **Settings.** ``default`` is every side's published defaults. ``tuned`` is, per side, the point of a small
 grid (the same grid for every side, :data:`TUNING_GRID`) with the best mean final return over the grid's
@@ -56,7 +57,7 @@ from safetybed.errors import InputError
 #: Seeds of the learning-curve episodes: after the final-evaluation seeds, shared by every side.
 CURVE_SEED_BASE = EVAL_SEED_BASE + 5_000
 #: Knobs every side understands in its own terms (see :func:`side_config`).
-KNOBS = ("learning_rate", "init_alpha", "reward_scale", "delay_update", "target_policy")
+KNOBS = ("learning_rate", "init_alpha", "reward_scale", "delay_update", "target_policy", "log_std_max")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Side:
 
 SIDES = {side.name: side for side in (
     Side("dsac_t", "safetybed", "dsac_t", True, ("learning_rate", "init_alpha", "reward_scale", "delay_update",
-                                                 "target_policy")),
+                                                 "target_policy", "log_std_max")),
     Side("mdpo_off", "safetybed", "mdpo_off", True, ("learning_rate",)),
     Side("mdpo_on", "safetybed", "mdpo_on", False, ("learning_rate",)),
     Side("sb3_sac", "sb3", "SAC", True, ("learning_rate", "init_alpha")),
@@ -93,7 +94,8 @@ ABLATION = (("paper defaults (lr 1e-4, alpha0 e)", {}),
             ("lr 3e-4 and alpha0 1", {"learning_rate": 3e-4, "init_alpha": 1.0}),
             ("reward scale 0.2", {"reward_scale": 0.2}),
             ("actor every update (delay 1, SB3's)", {"delay_update": 1}),
-            ("next action from the online policy (SAC's)", {"target_policy": 0.0}))
+            ("next action from the online policy (SAC's)", {"target_policy": 0.0}),
+            ("log-std ceiling 2 (SB3's)", {"log_std_max": 2.0}))
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def _side_defaults(side: str) -> dict[str, float]:
     if side == "dsac_t":
         return {"learning_rate": config.critic_learning_rate, "init_alpha": math.exp(config.init_log_alpha),
                 "reward_scale": config.reward_scale, "delay_update": config.delay_update,
-                "target_policy": float(config.target_policy)}
+                "target_policy": float(config.target_policy), "log_std_max": config.log_std_max}
     return {"learning_rate": config.learning_rate}
 
 
@@ -173,6 +175,8 @@ def side_config(side: str, knobs: dict[str, float], protocol: Protocol, *, steps
         out["delay_update"] = int(knobs["delay_update"])
     if "target_policy" in knobs:
         out["target_policy"] = bool(knobs["target_policy"])
+    if "log_std_max" in knobs:
+        out["log_std_max"] = float(knobs["log_std_max"])
     return out
 
 
