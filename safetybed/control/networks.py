@@ -237,14 +237,12 @@ class TwinQNetwork(nn.Module):
         self.activation = _ACTIVATIONS[activation]()
 
     @classmethod
-    def from_pair(cls, first: QNetwork, second: QNetwork) -> TwinQNetwork:
-        """The twin whose members are copies of ``first`` and ``second`` (same architecture, dtype, device)."""
+    def from_pair(cls, first: QNetwork, second: QNetwork, *, activation: Activation) -> TwinQNetwork:
+        """The twin whose members are copies of ``first`` and ``second`` (both built with ``activation``; same
+        architecture, dtype and device)."""
         linears = [[layer for layer in critic.net if isinstance(layer, nn.Linear)] for critic in (first, second)]
         sizes = [layer.in_features for layer in linears[0]] + [linears[0][-1].out_features]
-        activations = {type(layer) for layer in first.net if not isinstance(layer, nn.Linear)}
-        names = [name for name, kind in _ACTIVATIONS.items() if {kind} == activations]
-        twin = cls(sizes[0], 0, hidden=tuple(sizes[1:-1]), activation=names[0] if names else "relu",
-                   outputs=sizes[-1])
+        twin = cls(sizes[0], 0, hidden=tuple(sizes[1:-1]), activation=activation, outputs=sizes[-1])
         reference = linears[0][0].weight
         twin.to(device=reference.device, dtype=reference.dtype)
         with torch.no_grad():

@@ -156,8 +156,9 @@ class DSACT(SoftActorCritic):
         if config.fused_critics:
             # The separate critics built above fix the initial weights (same draws as unfused); the twin copies
             # them and replaces them, and the critic optimiser (no steps taken yet) moves to the twin.
-            self.twin = TwinQNetwork.from_pair(self.critic1, self.critic2)
-            self.twin_target = TwinQNetwork.from_pair(self.critic1_target, self.critic2_target).requires_grad_(False)
+            self.twin = TwinQNetwork.from_pair(self.critic1, self.critic2, activation=arch.activation)
+            self.twin_target = TwinQNetwork.from_pair(self.critic1_target, self.critic2_target,
+                                                      activation=arch.activation).requires_grad_(False)
             del self.critic1, self.critic2, self.critic1_target, self.critic2_target
             self.critic_optimizer = torch.optim.Adam(self.twin.parameters(), lr=config.critic_learning_rate)
             self._critics: dict[str, torch.nn.Module] = {"online": self.twin, "target": self.twin_target}
