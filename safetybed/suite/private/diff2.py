@@ -210,7 +210,8 @@ def diff2_gd(problem: Problem, config: Config, *, checkpoint_multiplier: float, 
     n = problem.features.shape[0]
     weights = np.zeros(problem.features.shape[1]) if initial is None else initial.copy()
     previous_weights = weights
-    previous_gradients = problem.example_gradients(weights)
+    previous_gradients = None  # set at step 0, which is always a checkpoint (t = 0 mod restart_period)
+    smoothness = problem.smoothness  # L̂, a max over the examples: once, not at every difference step
     estimator = np.zeros_like(weights)
     history = []
     for is_checkpoint in checkpoint_steps(config):
@@ -222,7 +223,7 @@ def diff2_gd(problem: Problem, config: Config, *, checkpoint_multiplier: float, 
                          + problem.regulariser_gradient(weights))
         else:
             # difference: sensitivity C₂,t = L̂‖x_t − x_{t−1}‖, public because the iterates are released
-            clip = max(problem.smoothness * float(np.linalg.norm(weights - previous_weights)), _MIN_DIFFERENCE_CLIP)
+            clip = max(smoothness * float(np.linalg.norm(weights - previous_weights)), _MIN_DIFFERENCE_CLIP)
             noise = rng.standard_normal(weights.shape) * difference_multiplier * clip
             estimator = (estimator + (clipped_difference_sum(gradients, previous_gradients, clip=clip) + noise) / n
                          + problem.regulariser_gradient(weights) - problem.regulariser_gradient(previous_weights))
